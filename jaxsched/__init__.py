@@ -1,0 +1,32 @@
+"""jaxsched: functional JAX diffusion samplers with diffusers' options and numbers.
+
+A scheduler is a frozen configuration; ``init`` builds an immutable :class:`SchedulerState`;
+``step`` is pure, jittable and vmappable; :func:`sample` and :func:`invert` run whole loops
+under one ``lax.scan``.
+"""
+
+from jaxsched.config import from_config, load_config
+from jaxsched.loops import invert, sample
+from jaxsched.schedulers import SCHEDULERS, DDIMInverseScheduler, DDIMScheduler, Scheduler
+from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity, noise_schedule
+from jaxsched.state import SchedulerState, Thresholds
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEDULERS",
+    "DDIMInverseScheduler",
+    "DDIMScheduler",
+    "NoiseSchedule",
+    "Scheduler",
+    "SchedulerState",
+    "Thresholds",
+    "__version__",
+    "add_noise",
+    "from_config",
+    "get_velocity",
+    "invert",
+    "load_config",
+    "noise_schedule",
+    "sample",
+]

@@ -1,0 +1,3 @@
+from jaxsched.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""An exact test problem: data from an isotropic Gaussian mixture, whose optimal noise
+prediction ``E[eps | x_t]`` is closed-form. Used by the example, the tests and benchmarks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxsched.schedules import NoiseSchedule
+
+
+class GaussianMixture(NamedTuple):
+    """``p(x0) = sum_k w_k N(means_k, scales_k^2 I)`` in ``D`` dimensions.
+
+    Attributes:
+        means: ``(K, D)`` component means.
+        scales: ``(K,)`` component standard deviations.
+        log_weights: ``(K,)`` log mixture weights (normalised or not).
+    """
+
+    means: jax.Array
+    scales: jax.Array
+    log_weights: jax.Array
+
+    def sample(self, key: jax.Array, num: int) -> jax.Array:
+        """``(num, D)`` draws from the mixture."""
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.categorical(k_comp, self.log_weights, shape=(num,))
+        noise = jax.random.normal(k_noise, (num, self.means.shape[1]), self.means.dtype)
+        return self.means[comp] + self.scales[comp, None] * noise
+
+
+def random_mixture(key: jax.Array, num_components: int, dim: int, *, spread=0.6, scale=0.15):
+    """A :class:`GaussianMixture` with random means ``~ N(0, spread^2)`` and equal weights."""
+    means = spread * jax.random.normal(key, (num_components, dim))
+    return GaussianMixture(
+        means=means,
+        scales=jnp.full((num_components,), scale, means.dtype),
+        log_weights=jnp.zeros((num_components,), means.dtype),
+    )
+
+
+def optimal_epsilon(mixture: GaussianMixture, x: jax.Array, abar) -> jax.Array:
+    """``E[eps | x_t = x]`` at level ``abar`` for ``x`` of shape ``(B, D)``.
+
+    Given component ``k``, ``x_t ~ N(sqrt(abar) m_k, v_k I)`` with
+    ``v_k = abar s_k^2 + 1 - abar``, and ``E[eps | x_t, k] = sqrt(1 - abar) (x - sqrt(abar) m_k)
+    / v_k``; the answer weights these by the posterior responsibilities of ``x``.
+    """
+    alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+    var = abar * mixture.scales**2 + (1.0 - abar)  # (K,)
+    centred = x[:, None, :] - alpha * mixture.means[None]  # (B, K, D)
+    dim = x.shape[-1]
+    log_lik = -0.5 * jnp.sum(centred**2, -1) / var - 0.5 * dim * jnp.log(var)
+    resp = jax.nn.softmax(mixture.log_weights + log_lik, axis=-1)  # (B, K)
+    return sigma * jnp.einsum("bk,bkd->bd", resp / var, centred)
+
+
+def epsilon_model(mixture: GaussianMixture, schedule: NoiseSchedule):
+    """``model_fn(x, t)``: the exact noise prediction at integer training timestep ``t``."""
+
+    def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+        abar = schedule.alphas_cumprod[t].astype(x.dtype)
+        return optimal_epsilon(mixture, x, abar).astype(x.dtype)
+
+    return model_fn

@@ -1,0 +1,71 @@
+"""diffusers configs in and out: dicts, ``scheduler_config.json`` files, class names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxsched.schedulers import SCHEDULERS
+from jaxsched.schedulers.base import CONFIG_NAME, Scheduler
+
+# Old diffusers configs of DDIMInverseScheduler call `set_alpha_to_one` by this name.
+_RENAMED_KEYS = {"DDIMInverseScheduler": {"set_alpha_to_zero": "set_alpha_to_one"}}
+
+
+def load_config(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """A config dict from a mapping, a JSON file, or a directory holding
+    ``scheduler_config.json``."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no scheduler config at {path}")
+    config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return config
+
+
+def _scheduler_class(cls: str | type[Scheduler] | None, config: Mapping[str, Any]):
+    if isinstance(cls, type) and issubclass(cls, Scheduler):
+        return cls
+    name = cls if cls is not None else config.get("_class_name")
+    if name is None:
+        raise ValueError("the config has no _class_name; pass cls= to name the scheduler")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler class {name!r}; available: {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def from_config(
+    config: Mapping[str, Any] | str | os.PathLike, cls: str | type[Scheduler] | None = None
+) -> Scheduler:
+    """Build a scheduler from a diffusers config (dict, JSON file or model directory).
+
+    ``cls`` (a class or class name) converts between schedulers, as diffusers'
+    ``OtherScheduler.from_config(old.config)`` does; by default the config's ``_class_name``
+    is used. Keys the class does not use are ignored with one warning that lists them.
+    """
+    config = load_config(config)
+    target = _scheduler_class(cls, config)
+    for old, new in _RENAMED_KEYS.get(target.__name__, {}).items():
+        if old in config:
+            warnings.warn(
+                f"config key {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=2
+            )
+            config.setdefault(new, config.pop(old))
+    names = {f.name for f in dataclasses.fields(target)}
+    unused = sorted(k for k in config if k not in names and not k.startswith("_"))
+    if unused:
+        warnings.warn(
+            f"{target.__name__} does not use the config keys {unused}; they are ignored",
+            stacklevel=2,
+        )
+    return target(**{k: v for k, v in config.items() if k in names})

@@ -1,0 +1,192 @@
+"""What every scheduler shares: a frozen diffusers-style config, its noise schedule, and the
+bookkeeping of a step (input checks, table-row gathering, advancing the state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsched._checks import check_bool, check_choice, check_float, check_int, concrete_value
+from jaxsched.schedules import BETA_SCHEDULES, NoiseSchedule, noise_schedule
+from jaxsched.state import SchedulerState
+
+CONFIG_NAME = "scheduler_config.json"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Scheduler:
+    """Base of every scheduler: the training noise schedule's options.
+
+    Subclasses are frozen dataclasses whose fields are exactly the diffusers keyword arguments,
+    with diffusers' defaults. Instances are hashable, so ``jax.jit(sched.step)`` caches per
+    configuration.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+    rescale_betas_zero_snr: bool = False
+
+    #: Name of the scheduler ``inverse()`` returns.
+    inverse_class_name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        if self.trained_betas is not None:
+            betas = tuple(float(b) for b in np.asarray(self.trained_betas, np.float64).ravel())
+            object.__setattr__(self, "trained_betas", betas)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check every option; subclasses extend it. Raises ``ValueError`` / ``TypeError``."""
+        check_int("num_train_timesteps", self.num_train_timesteps, minimum=1)
+        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        check_float("beta_start", self.beta_start, low=0.0, high=1.0)
+        check_float("beta_end", self.beta_end, low=0.0, high=1.0)
+        check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
+            raise ValueError(
+                f"trained_betas has {len(self.trained_betas)} entries but "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration as a plain dict with diffusers' keys."""
+        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if config["trained_betas"] is not None:
+            config["trained_betas"] = list(config["trained_betas"])
+        return config
+
+    def to_config(self) -> dict[str, Any]:
+        """The config plus ``_class_name``, as diffusers writes ``scheduler_config.json``."""
+        return {"_class_name": type(self).__name__, **self.config}
+
+    def save_config(self, path: str | os.PathLike) -> Path:
+        """Write ``to_config()`` as JSON; a directory gets ``scheduler_config.json`` inside."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / CONFIG_NAME
+        path.write_text(json.dumps(self.to_config(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    def replace(self, **changes: Any) -> Scheduler:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def inverse(self) -> Scheduler:
+        """The matching scheduler that walks the same grid in the other direction."""
+        from jaxsched.schedulers import SCHEDULERS
+
+        target = SCHEDULERS[self.inverse_class_name]
+        names = {f.name for f in dataclasses.fields(target)}
+        return target(**{k: v for k, v in self.config.items() if k in names})
+
+    # -- shared pieces of init and step --------------------------------------------------------
+
+    def noise_schedule(self, schedule: NoiseSchedule | None = None) -> NoiseSchedule:
+        """``schedule`` after checking it fits, or the one the config describes."""
+        if schedule is None:
+            return noise_schedule(
+                self.beta_schedule,
+                beta_start=self.beta_start,
+                beta_end=self.beta_end,
+                num_train_timesteps=self.num_train_timesteps,
+                trained_betas=self.trained_betas,
+                rescale_betas_zero_snr=self.rescale_betas_zero_snr,
+            )
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a jaxsched.NoiseSchedule, got {type(schedule)}")
+        expected = (self.num_train_timesteps,)
+        if schedule.alphas_cumprod.shape != expected or schedule.betas.shape != expected:
+            raise ValueError(
+                f"schedule arrays have shape {schedule.alphas_cumprod.shape} but this scheduler "
+                f"has num_train_timesteps={self.num_train_timesteps}"
+            )
+        return schedule
+
+    def check_num_inference_steps(self, num_inference_steps: int) -> None:
+        check_int("num_inference_steps", num_inference_steps, minimum=1)
+        if num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} cannot exceed "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+
+
+def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
+    """Shape checks always; position checks where the values are concrete (not traced)."""
+    if jnp.shape(model_output) != jnp.shape(x):
+        raise ValueError(
+            f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
+            f"{jnp.shape(x)}"
+        )
+    if jnp.shape(x) != state.pred_original_sample.shape:
+        raise ValueError(
+            f"the sample has shape {jnp.shape(x)} but the state was initialised for shape "
+            f"{state.pred_original_sample.shape}"
+        )
+    index = concrete_value(state.step_index)
+    if index is None or index.ndim:
+        return
+    n = state.num_inference_steps
+    if index >= n:
+        raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
+    given, timesteps = concrete_value(t), concrete_value(state.timesteps)
+    if given is not None and timesteps is not None and not np.array_equal(given, timesteps[index]):
+        raise ValueError(
+            f"t={given} is not the state's current timestep {timesteps[index]} "
+            f"(step {int(index)} of {n}); pass state.timesteps[state.step_index]"
+        )
+
+
+def current_row(coefficients: Any, step_index: jax.Array) -> Any:
+    """Row ``step_index`` of every ``(N,)`` table; NaN past the end (so overruns under jit are
+    visible rather than silently clamped)."""
+    return jax.tree.map(
+        lambda table: jnp.take(table, step_index, mode="fill", fill_value=jnp.nan), coefficients
+    )
+
+
+def compute_dtype(sample_dtype, table_dtype) -> jnp.dtype:
+    """Samples are updated in at least the tables' precision (float32, or float64 with x64)."""
+    return jnp.promote_types(sample_dtype, table_dtype)
+
+
+def advance(state: SchedulerState, pred_original_sample: jax.Array, **changes) -> SchedulerState:
+    """The state after one step: next position, new x0 prediction, other fields changed."""
+    return state._replace(
+        step_index=state.step_index + 1,
+        pred_original_sample=pred_original_sample.astype(state.pred_original_sample.dtype),
+        **changes,
+    )
+
+
+def resolve_noise(stochastic: bool, key, noise, shape, dtype) -> jax.Array | None:
+    """The standard normal noise of a stochastic step, from ``noise`` or drawn with ``key``.
+
+    Returns ``None`` for a deterministic step. Raises ``ValueError`` when a stochastic step has
+    neither, or both.
+    """
+    if not stochastic:
+        return None
+    if key is not None and noise is not None:
+        raise ValueError("pass either key or noise to a stochastic step, not both")
+    if noise is not None:
+        if jnp.shape(noise) != tuple(shape):
+            raise ValueError(f"noise has shape {jnp.shape(noise)}, expected {tuple(shape)}")
+        return jnp.asarray(noise).astype(dtype)
+    if key is None:
+        raise ValueError("this step is stochastic: pass key=jax.random.key(...) or noise=")
+    return jax.random.normal(key, shape, dtype)

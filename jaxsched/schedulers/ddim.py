@@ -1,0 +1,231 @@
+"""``DDIMScheduler`` and ``DDIMInverseScheduler``: diffusers' options, pure init and step."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxsched._checks import check_bool, check_choice, check_float, check_int, concrete_value
+from jaxsched.grids import TIMESTEP_SPACINGS, ddim_grid, levels_at
+from jaxsched.schedulers.base import (
+    Scheduler,
+    advance,
+    check_step_inputs,
+    compute_dtype,
+    current_row,
+    resolve_noise,
+)
+from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity
+from jaxsched.solvers.ddim import ddim_coefficients, ddim_update
+from jaxsched.solvers.prediction import PREDICTION_TYPES
+from jaxsched.state import SchedulerState, Thresholds
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _DDIMBase(Scheduler):
+    """Options and init shared by the forward and inverse DDIM schedulers."""
+
+    clip_sample: bool = True
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    prediction_type: str = "epsilon"
+    clip_sample_range: float = 1.0
+    timestep_spacing: str = "leading"
+
+    walks_toward_noise: ClassVar[bool]
+    # Options the inverse class lacks; the forward class overrides them with fields.
+    thresholding: ClassVar[bool] = False
+    dynamic_thresholding_ratio: ClassVar[float] = 0.995
+    sample_max_value: ClassVar[float] = 1.0
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_bool("clip_sample", self.clip_sample)
+        check_bool("set_alpha_to_one", self.set_alpha_to_one)
+        check_int("steps_offset", self.steps_offset, minimum=0)
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_float("clip_sample_range", self.clip_sample_range, low=0.0, low_open=True)
+        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+
+    def init(
+        self,
+        num_inference_steps: int,
+        shape: tuple[int, ...],
+        dtype=jnp.float32,
+        schedule: NoiseSchedule | None = None,
+    ) -> SchedulerState:
+        """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
+
+        ``schedule`` (a :func:`jaxsched.noise_schedule`) replaces the config's betas; it may be
+        traced, so ``jax.vmap(lambda s: sched.init(N, shape, schedule=s))`` batches schedules.
+        """
+        self.check_num_inference_steps(num_inference_steps)
+        schedule = self.noise_schedule(schedule)
+        grid = ddim_grid(
+            self.timestep_spacing,
+            num_inference_steps,
+            self.num_train_timesteps,
+            self.steps_offset,
+            inverse=self.walks_toward_noise,
+        )
+        abar = schedule.alphas_cumprod
+        boundary = 1.0 if self.set_alpha_to_one else abar[0]
+        table_dtype = abar.dtype
+        return SchedulerState(
+            timesteps=jnp.asarray(grid.timesteps, jnp.int32),
+            step_index=jnp.zeros((), jnp.int32),
+            coefficients=ddim_coefficients(
+                levels_at(abar, grid.index_from, boundary), levels_at(abar, grid.index_to, boundary)
+            ),
+            schedule=schedule,
+            thresholds=Thresholds(
+                clip_sample_range=jnp.asarray(self.clip_sample_range, table_dtype),
+                dynamic_thresholding_ratio=jnp.asarray(
+                    self.dynamic_thresholding_ratio, table_dtype
+                ),
+                sample_max_value=jnp.asarray(self.sample_max_value, table_dtype),
+            ),
+            pred_original_sample=jnp.zeros(shape, dtype),
+        )
+
+    def _ddim_step(self, state, model_output, t, x, *, eta, use_clipped_model_output, noise):
+        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        x_next, x0 = ddim_update(
+            jnp.asarray(x).astype(dtype),
+            jnp.asarray(model_output).astype(dtype),
+            current_row(state.coefficients, state.step_index),
+            state.thresholds,
+            prediction_type=self.prediction_type,
+            clip_sample=self.clip_sample,
+            thresholding=self.thresholding,
+            eta=eta,
+            use_clipped_model_output=use_clipped_model_output,
+            noise=noise,
+        )
+        return advance(state, x0), x_next.astype(jnp.result_type(x))
+
+    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
+        """DDIM needs no input scaling; returns ``x`` (for interchangeability)."""
+        return x
+
+    def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
+        """:func:`jaxsched.schedules.add_noise` on the state's schedule."""
+        return add_noise(state.schedule, original_samples, noise, timesteps)
+
+    def get_velocity(self, state: SchedulerState, sample, noise, timesteps) -> jax.Array:
+        """:func:`jaxsched.schedules.get_velocity` on the state's schedule."""
+        return get_velocity(state.schedule, sample, noise, timesteps)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DDIMScheduler(_DDIMBase):
+    """DDIM sampling (Song et al. 2021), diffusers' ``DDIMScheduler`` with its defaults.
+
+    A step calls the model at ``t`` and moves from level ``t`` to ``t - T // N``; the last step
+    ends at ``alphas_cumprod = 1`` (``set_alpha_to_one``) or ``alphas_cumprod[0]``.
+
+    Example::
+
+        sched = jaxsched.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                       beta_end=0.012, clip_sample=False)
+        state = sched.init(50, shape=x.shape)
+        state, x = sched.step(state, model(x, state.timesteps[0]), state.timesteps[0], x)
+    """
+
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+
+    walks_toward_noise: ClassVar[bool] = False
+    inverse_class_name: ClassVar[str] = "DDIMInverseScheduler"
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_bool("thresholding", self.thresholding)
+        check_float("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio, low=0, high=1)
+        check_float("sample_max_value", self.sample_max_value, low=0.0, low_open=True)
+
+    def step(
+        self,
+        state: SchedulerState,
+        model_output: jax.Array,
+        t,
+        x: jax.Array,
+        *,
+        eta=0.0,
+        use_clipped_model_output=False,
+        key: jax.Array | None = None,
+        noise: jax.Array | None = None,
+    ) -> tuple[SchedulerState, jax.Array]:
+        """One DDIM step: ``(state, x_t) -> (next state, x_{t - T//N})``.
+
+        Args:
+            state: from :meth:`init`; its ``step_index`` says which step this is.
+            model_output: the model's output at ``(x, t)``, shaped like ``x``.
+            t: ``state.timesteps[state.step_index]`` (checked when concrete).
+            x: the current sample ``(batch, ...)``.
+            eta: noise weight, 0 (DDIM) to 1 (DDPM); may be traced, then ``key`` or ``noise``
+                is required.
+            use_clipped_model_output: recompute ``eps`` from the clipped / thresholded x0.
+            key: PRNG key for the variance noise when ``eta > 0``.
+            noise: the standard normal variance noise itself (instead of ``key``).
+
+        Returns:
+            ``(state, x_next)``; ``state.pred_original_sample`` holds this step's x0.
+        """
+        check_step_inputs(state, model_output, t, x)
+        eta_value = concrete_value(eta)
+        if eta_value is not None and eta_value < 0:
+            raise ValueError(f"eta must be >= 0, got {eta_value}")
+        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        stochastic = eta_value is None or eta_value > 0
+        noise = resolve_noise(stochastic, key, noise, jnp.shape(x), dtype)
+        return self._ddim_step(
+            state,
+            model_output,
+            t,
+            x,
+            eta=eta,
+            use_clipped_model_output=use_clipped_model_output,
+            noise=noise,
+        )
+
+    def inverse(self) -> DDIMInverseScheduler:
+        """``DDIMInverseScheduler`` with the options it shares with this scheduler.
+
+        Dynamic thresholding has no counterpart in the inverse; a warning says so when it is on.
+        """
+        if self.thresholding:
+            warnings.warn(
+                "DDIMInverseScheduler has no dynamic thresholding; the inverse runs without it",
+                stacklevel=2,
+            )
+        return super().inverse()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DDIMInverseScheduler(_DDIMBase):
+    """DDIM inversion, diffusers' ``DDIMInverseScheduler`` with its defaults.
+
+    Timesteps ascend. Following diffusers, the step at ``t`` calls the model at its
+    *destination* ``t`` while moving from level ``min(t - T // N, T - 1)`` (the initial alpha,
+    1 with ``set_alpha_to_one``, below 0) to ``t``: it reuses the noise prediction the forward
+    step at ``t`` would make, the approximation DDIM inversion rests on. ``timestep_spacing``
+    also accepts ``"linspace"`` (diffusers' inverse does not), mirroring the forward grid.
+    """
+
+    walks_toward_noise: ClassVar[bool] = True
+    inverse_class_name: ClassVar[str] = "DDIMScheduler"
+
+    def step(
+        self, state: SchedulerState, model_output: jax.Array, t, x: jax.Array
+    ) -> tuple[SchedulerState, jax.Array]:
+        """One inversion step toward noise; arguments as :meth:`DDIMScheduler.step`."""
+        check_step_inputs(state, model_output, t, x)
+        return self._ddim_step(
+            state, model_output, t, x, eta=0.0, use_clipped_model_output=False, noise=None
+        )

@@ -1,0 +1,167 @@
+"""Training noise schedules: betas -> alphas_cumprod, as pure functions.
+
+A schedule is a :class:`NoiseSchedule` pytree of two ``(T,)`` arrays. Every function here
+is traceable in its floating-point arguments (``beta_start``, ``beta_end``, ``trained_betas``)
+so a batch of schedules is one ``jax.vmap`` away; the schedule kind and the number of training
+timesteps ``T`` fix shapes and code paths, so they are static Python values.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsched._checks import check_choice
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# Largest beta of the cosine schedule, as in Nichol & Dhariwal (2021), eq. 17.
+_COSINE_MAX_BETA = 0.999
+_COSINE_OFFSET = 0.008
+
+
+class NoiseSchedule(NamedTuple):
+    """The discrete forward process ``q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)``.
+
+    Attributes:
+        betas: ``(T,)`` per-timestep noise variances ``beta_t``.
+        alphas_cumprod: ``(T,)`` ``a_t = prod_{s <= t} (1 - beta_s)``.
+    """
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+
+def default_float_dtype() -> jnp.dtype:
+    """float64 when ``jax_enable_x64`` is on, else float32: the dtype of every table."""
+    return jnp.result_type(float)
+
+
+def linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=None) -> jax.Array:
+    """``(T,)`` betas evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
+    dtype = dtype or default_float_dtype()
+    return jnp.linspace(
+        jnp.asarray(beta_start, dtype), jnp.asarray(beta_end, dtype), num_train_timesteps
+    ).astype(dtype)
+
+
+def scaled_linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=None) -> jax.Array:
+    """``(T,)`` betas whose square roots are evenly spaced (Stable Diffusion's schedule)."""
+    dtype = dtype or default_float_dtype()
+    sqrt_betas = linear_betas(
+        jnp.sqrt(jnp.asarray(beta_start, dtype)),
+        jnp.sqrt(jnp.asarray(beta_end, dtype)),
+        num_train_timesteps,
+        dtype,
+    )
+    return sqrt_betas**2
+
+
+def cosine_betas(num_train_timesteps: int, dtype=None) -> jax.Array:
+    """``(T,)`` betas of the cosine schedule, Nichol & Dhariwal (2021), eq. 17.
+
+    ``abar(s) = cos^2((s + 0.008) / 1.008 * pi / 2)`` and
+    ``beta_i = min(1 - abar((i + 1) / T) / abar(i / T), 0.999)``. It depends on ``T`` only, so
+    it is computed once in float64 NumPy and cast, as diffusers does.
+    """
+    dtype = dtype or default_float_dtype()
+    grid = np.arange(num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
+    alpha_bar = np.cos((grid + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * np.pi / 2) ** 2
+    betas = np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], _COSINE_MAX_BETA)
+    return jnp.asarray(betas, dtype)
+
+
+def rescale_zero_terminal_snr(betas: jax.Array) -> jax.Array:
+    """Rescale ``(T,)`` betas so the last timestep has zero SNR.
+
+    Lin et al. (2023), "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    Algorithm 1: shift and scale ``sqrt(alphas_cumprod)`` so it runs from its first value to 0.
+    """
+    sqrt_abar = jnp.sqrt(jnp.cumprod(1.0 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    alphas = jnp.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
+def noise_schedule(
+    kind: str = "linear",
+    *,
+    beta_start=0.0001,
+    beta_end=0.02,
+    num_train_timesteps: int = 1000,
+    trained_betas=None,
+    rescale_betas_zero_snr: bool = False,
+    dtype=None,
+) -> NoiseSchedule:
+    """Build a :class:`NoiseSchedule` the way diffusers' schedulers build theirs.
+
+    Args:
+        kind: ``"linear"``, ``"scaled_linear"`` or ``"squaredcos_cap_v2"`` (static).
+        beta_start, beta_end: first and last beta (traceable; unused by the cosine kind).
+        num_train_timesteps: ``T``, the number of training timesteps (static).
+        trained_betas: optional ``(T,)`` betas; when given they replace ``kind`` (traceable).
+        rescale_betas_zero_snr: apply :func:`rescale_zero_terminal_snr` (static).
+        dtype: table dtype; defaults to float32 (float64 with x64 enabled).
+
+    Returns:
+        ``NoiseSchedule(betas, alphas_cumprod)``, each of shape ``(T,)``.
+    """
+    check_choice("beta_schedule", kind, BETA_SCHEDULES)
+    dtype = dtype or default_float_dtype()
+    if trained_betas is not None:
+        betas = jnp.asarray(trained_betas, dtype)
+        if betas.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"trained_betas must have shape ({num_train_timesteps},) to match "
+                f"num_train_timesteps={num_train_timesteps}, got {betas.shape}"
+            )
+    elif kind == "linear":
+        betas = linear_betas(beta_start, beta_end, num_train_timesteps, dtype)
+    elif kind == "scaled_linear":
+        betas = scaled_linear_betas(beta_start, beta_end, num_train_timesteps, dtype)
+    else:
+        betas = cosine_betas(num_train_timesteps, dtype)
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return NoiseSchedule(betas=betas, alphas_cumprod=jnp.cumprod(1.0 - betas))
+
+
+def _per_sample(values: jax.Array, ndim: int) -> jax.Array:
+    """Reshape ``(B,)`` (or scalar) per-sample values to broadcast against a rank-``ndim`` array."""
+    values = jnp.ravel(values)
+    return values.reshape(values.shape + (1,) * max(ndim - 1, 0)) if values.size > 1 else values[0]
+
+
+def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array, jax.Array]:
+    abar = _per_sample(schedule.alphas_cumprod[jnp.asarray(timesteps)], ndim)
+    return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+
+
+def _compute_dtype(dtype, schedule: NoiseSchedule) -> jnp.dtype:
+    return jnp.promote_types(dtype, schedule.alphas_cumprod.dtype)
+
+
+def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> jax.Array:
+    """Forward diffusion ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` (Ho et al. 2020, eq. 4).
+
+    ``timesteps`` is a scalar or one integer per leading-axis item ``(B,)``. Computed in at least
+    float32 and returned in the samples' dtype.
+    """
+    x0 = jnp.asarray(original_samples)
+    dtype = _compute_dtype(x0.dtype, schedule)
+    sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
+    out = sqrt_a * x0.astype(dtype) + sqrt_b * jnp.asarray(noise).astype(dtype)
+    return out.astype(x0.dtype)
+
+
+def get_velocity(schedule: NoiseSchedule, sample, noise, timesteps) -> jax.Array:
+    """Velocity target ``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022, sec. 4)."""
+    x0 = jnp.asarray(sample)
+    dtype = _compute_dtype(x0.dtype, schedule)
+    sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
+    out = sqrt_a * jnp.asarray(noise).astype(dtype) - sqrt_b * x0.astype(dtype)
+    return out.astype(x0.dtype)

@@ -1,0 +1,1 @@
+"""Update rules, one module per solver family, as plain functions of arrays."""

@@ -1,0 +1,65 @@
+"""Model-output conversion and x0 limits shared by every solver family.
+
+Notation: a noisy sample is ``x = alpha x0 + sigma eps`` with ``alpha = sqrt(a_t)`` and
+``sigma = sqrt(1 - a_t)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsched.state import Thresholds
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def data_and_noise(
+    prediction_type: str, model_output: jax.Array, x: jax.Array, alpha, sigma
+) -> tuple[jax.Array, jax.Array]:
+    """Convert a model output to ``(x0, eps)`` predictions, both shaped like ``x``.
+
+    - ``epsilon``: the model predicts ``eps``; ``x0 = (x - sigma eps) / alpha``
+      (DDIM, Song et al. 2021, eq. 12).
+    - ``sample``: the model predicts ``x0``; ``eps = (x - alpha x0) / sigma``.
+    - ``v_prediction``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022), so
+      ``x0 = alpha x - sigma v`` and ``eps = alpha v + sigma x``.
+    """
+    if prediction_type == "epsilon":
+        return (x - sigma * model_output) / alpha, model_output
+    if prediction_type == "sample":
+        return model_output, noise_from_data(x, model_output, alpha, sigma)
+    if prediction_type == "v_prediction":
+        return alpha * x - sigma * model_output, alpha * model_output + sigma * x
+    raise ValueError(
+        f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
+    )
+
+
+def noise_from_data(x: jax.Array, x0: jax.Array, alpha, sigma) -> jax.Array:
+    """``eps = (x - alpha x0) / sigma``: the noise consistent with ``x`` and ``x0``."""
+    return (x - alpha * x0) / sigma
+
+
+def dynamic_threshold(x0: jax.Array, ratio, max_value) -> jax.Array:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3), per leading-axis item.
+
+    ``s`` is the ``ratio`` quantile (linear interpolation) of ``|x0|`` over all non-batch axes,
+    clamped to ``[1, max_value]``; ``x0`` is clipped to ``[-s, s]`` and divided by ``s``.
+    """
+    flat = x0.reshape(x0.shape[0] if x0.ndim else 1, -1)
+    s = jnp.quantile(jnp.abs(flat), ratio, axis=1, keepdims=True)
+    s = jnp.minimum(jnp.maximum(s, 1.0), max_value).astype(flat.dtype)
+    return (jnp.clip(flat, -s, s) / s).reshape(x0.shape)
+
+
+def limit_data(x0: jax.Array, thresholds: Thresholds, *, clip_sample: bool, thresholding: bool):
+    """Dynamic thresholding when ``thresholding``, else clipping when ``clip_sample``."""
+    if thresholding:
+        return dynamic_threshold(
+            x0, thresholds.dynamic_thresholding_ratio, thresholds.sample_max_value
+        )
+    if clip_sample:
+        r = thresholds.clip_sample_range.astype(x0.dtype)
+        return jnp.clip(x0, -r, r)
+    return x0

@@ -1,0 +1,50 @@
+"""The immutable per-run state every scheduler's ``init`` builds and ``step`` threads."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from jaxsched.schedules import NoiseSchedule
+
+
+class Thresholds(NamedTuple):
+    """Traced scalars that bound the x0 prediction (so a sweep over them never recompiles).
+
+    Attributes:
+        clip_sample_range: ``x0`` is clipped to ``[-r, r]`` when ``clip_sample`` is on.
+        dynamic_thresholding_ratio: quantile of ``|x0|`` used by dynamic thresholding.
+        sample_max_value: upper bound of the dynamic threshold.
+    """
+
+    clip_sample_range: jax.Array
+    dynamic_thresholding_ratio: jax.Array
+    sample_max_value: jax.Array
+
+
+class SchedulerState(NamedTuple):
+    """Everything one sampling (or inversion) run needs; a pytree of arrays.
+
+    Attributes:
+        timesteps: ``(N,)`` the timestep the model is called with at each step, in order.
+        step_index: ``()`` int32 position of the next step; ``step`` advances it by one.
+        coefficients: per-step tables, every leaf of leading size ``N`` (family-specific).
+        schedule: the training :class:`NoiseSchedule` the grid was built from.
+        thresholds: traced clipping / thresholding values.
+        pred_original_sample: ``(*shape)`` the last x0 prediction (zeros before the first step).
+        history: multistep memory (family-specific; ``()`` for one-step solvers).
+    """
+
+    timesteps: jax.Array
+    step_index: jax.Array
+    coefficients: Any
+    schedule: NoiseSchedule
+    thresholds: Thresholds
+    pred_original_sample: jax.Array
+    history: Any = ()
+
+    @property
+    def num_inference_steps(self) -> int:
+        """``N``, the number of steps of the run (static)."""
+        return self.timesteps.shape[-1]
