@@ -34,15 +34,16 @@ def check_float(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> None:
-    """Check a real number lies in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    """Check a real number lies in ``[low, high]``; ``low_open`` / ``high_open`` exclude ends."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
+    too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high or not np.isfinite(value):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {value}")
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
 
 
 def concrete_value(x: Any) -> np.ndarray | None:

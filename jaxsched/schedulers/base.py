@@ -49,8 +49,8 @@ class Scheduler:
         """Check every option; subclasses extend it. Raises ``ValueError`` / ``TypeError``."""
         check_int("num_train_timesteps", self.num_train_timesteps, minimum=1)
         check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_float("beta_start", self.beta_start, low=0.0, high=1.0)
-        check_float("beta_end", self.beta_end, low=0.0, high=1.0)
+        check_float("beta_start", self.beta_start, low=0.0, high=1.0, high_open=True)
+        check_float("beta_end", self.beta_end, low=0.0, high=1.0, high_open=True)
         check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise ValueError(

@@ -1,0 +1,136 @@
+"""Running diffusers and jaxsched side by side, step by step, on the same inputs."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+import jaxsched
+
+SHAPE = (2, 3, 4, 4)
+DATA_STD = 0.6
+
+
+def reference_scheduler(cls_name: str, config: dict, num_inference_steps: int, float64: bool):
+    """A diffusers scheduler with ``set_timesteps`` done.
+
+    With ``float64`` its tables are rebuilt in float64 from the same formulas (diffusers builds
+    them in float32), so the comparison isolates the update arithmetic.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = getattr(diffusers, cls_name)(**config)
+    ref.set_timesteps(num_inference_steps)
+    if float64:
+        betas = _float64_betas(ref.config)
+        ref.betas = betas
+        ref.alphas = 1.0 - betas
+        ref.alphas_cumprod = torch.cumprod(ref.alphas, 0)
+        boundary = 1.0 if ref.config.set_alpha_to_one else ref.alphas_cumprod[0]
+        boundary = torch.as_tensor(boundary, dtype=torch.float64)
+        if cls_name == "DDIMInverseScheduler":
+            ref.initial_alpha_cumprod = boundary
+        else:
+            ref.final_alpha_cumprod = boundary
+    return ref
+
+
+def _float64_betas(config) -> torch.Tensor:
+    t = config.num_train_timesteps
+    if config.trained_betas is not None:
+        betas = torch.tensor(config.trained_betas, dtype=torch.float64)
+    elif config.beta_schedule == "linear":
+        betas = torch.linspace(config.beta_start, config.beta_end, t, dtype=torch.float64)
+    elif config.beta_schedule == "scaled_linear":
+        lo, hi = config.beta_start**0.5, config.beta_end**0.5
+        betas = torch.linspace(lo, hi, t, dtype=torch.float64) ** 2
+    else:
+
+        def abar(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [min(1 - abar((i + 1) / t) / abar(i / t), 0.999) for i in range(t)],
+            dtype=torch.float64,
+        )
+    if config.rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def model_output(prediction_type: str, x: np.ndarray, abar: float, perturbation: np.ndarray):
+    """A plausible model: the exact prediction for N(0, DATA_STD^2) data, plus a perturbation
+    (so clipping, thresholding and error growth are exercised), in ``prediction_type`` form."""
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    var = abar * DATA_STD**2 + (1.0 - abar)
+    eps = sigma * x / var + perturbation
+    x0 = alpha * DATA_STD**2 * x / var - perturbation
+    out = {"epsilon": eps, "sample": x0, "v_prediction": alpha * eps - sigma * x0}
+    return out[prediction_type].astype(x.dtype)
+
+
+def run_side_by_side(
+    cls_name: str,
+    config: dict,
+    num_inference_steps: int,
+    *,
+    float64: bool,
+    eta: float = 0.0,
+    use_clipped_model_output: bool = False,
+    seed: int = 0,
+    steps: int | None = None,
+):
+    """Yield ``(i, ours_x, ref_x, ours_x0, ref_x0)`` after each step, as NumPy arrays.
+
+    jaxsched runs ``jax.jit(sched.step)`` built with ``from_config(ref.config)``; both sides
+    get the same starting sample, perturbations and variance noise, and each feeds the model
+    its own trajectory. ``steps`` limits how many steps run (default: all of jaxsched's).
+    """
+    np_dtype = np.float64 if float64 else np.float32
+    ref = reference_scheduler(cls_name, config, num_inference_steps, float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = jaxsched.from_config(dict(ref.config), cls=cls_name)
+    dtype = jnp.float64 if float64 else jnp.float32
+    state = sched.init(num_inference_steps, SHAPE, dtype)
+    n = state.num_inference_steps if steps is None else steps
+    rng = np.random.default_rng(seed)
+    x_start = rng.standard_normal(SHAPE).astype(np_dtype)
+    if cls_name == "DDIMInverseScheduler":
+        x_start = (DATA_STD * x_start).astype(np_dtype)
+    x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
+    abar_ref, abar_ours = ref.alphas_cumprod.numpy(), np.asarray(state.schedule.alphas_cumprod)
+    stochastic = {} if cls_name == "DDIMInverseScheduler" else {
+        "eta": eta, "use_clipped_model_output": use_clipped_model_output
+    }
+    step = jax.jit(functools.partial(sched.step, **stochastic))
+    pred = ref.config.prediction_type
+    for i in range(n):
+        t = int(ref.timesteps[i])
+        perturbation = 0.1 * rng.standard_normal(SHAPE).astype(np_dtype)
+        z = rng.standard_normal(SHAPE).astype(np_dtype)
+        out_ref = ref.step(
+            torch.from_numpy(model_output(pred, x_ref.numpy(), abar_ref[t], perturbation)),
+            t,
+            x_ref,
+            **stochastic,
+            **({"variance_noise": torch.from_numpy(z)} if eta else {}),
+        )
+        m = model_output(pred, np.asarray(x_ours), abar_ours[t], perturbation)
+        state, x_ours = step(state, m, state.timesteps[i], x_ours, **({"noise": z} if eta else {}))
+        x_ref = out_ref.prev_sample
+        yield (
+            i,
+            np.asarray(x_ours),
+            x_ref.numpy(),
+            np.asarray(state.pred_original_sample),
+            out_ref.pred_original_sample.numpy(),
+        )

@@ -1,0 +1,400 @@
+"""diffusers configs in and out: FrozenDicts, JSON files, directories, class conversion,
+deprecated keys, ``inverse()`` and trained betas."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import diffusers
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsched
+
+TRAINED_BETAS = np.linspace(1e-4, 0.02, 1000) ** 1.1
+
+# (diffusers class name, keyword arguments) for both libraries.
+CONFIGS = [
+    ("DDIMScheduler", {}),
+    (
+        "DDIMScheduler",
+        dict(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="v_prediction",
+            timestep_spacing="trailing",
+            rescale_betas_zero_snr=True,
+        ),
+    ),
+    (
+        "DDIMScheduler",
+        dict(
+            num_train_timesteps=500,
+            beta_schedule="squaredcos_cap_v2",
+            thresholding=True,
+            dynamic_thresholding_ratio=0.9,
+            sample_max_value=2.0,
+            clip_sample_range=1.5,
+            prediction_type="sample",
+            timestep_spacing="linspace",
+        ),
+    ),
+    ("DDIMScheduler", dict(trained_betas=TRAINED_BETAS)),
+    ("DDIMInverseScheduler", {}),
+    (
+        "DDIMInverseScheduler",
+        dict(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            timestep_spacing="trailing",
+            prediction_type="v_prediction",
+        ),
+    ),
+    ("DDIMInverseScheduler", dict(trained_betas=list(TRAINED_BETAS), clip_sample_range=2.0)),
+]
+CONFIG_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
+
+
+def _plain(value):
+    """A config value comparable with ==: arrays and tuples become lists."""
+    if isinstance(value, (np.ndarray, tuple, list)):
+        return [float(v) for v in np.asarray(value).ravel()]
+    return value
+
+
+def _public(config):
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _assert_same_config(jax_config, diffusers_config):
+    jax_config, diffusers_config = _public(jax_config), _public(diffusers_config)
+    assert set(jax_config) == set(diffusers_config)
+    for key, value in jax_config.items():
+        assert _plain(value) == _plain(diffusers_config[key]), key
+
+
+def _record(fn, *args, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, caught
+
+
+# -- diffusers configs in --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
+def test_from_diffusers_config(name, kwargs):
+    reference = getattr(diffusers, name)(**kwargs)
+    config = reference.config
+    # A FrozenDict with diffusers' bookkeeping key, which jaxsched must ignore silently.
+    assert isinstance(config, diffusers.configuration_utils.FrozenDict)
+    assert "_use_default_values" in config
+
+    sched, caught = _record(jaxsched.from_config, config, cls=name)
+    assert caught == []
+    assert type(sched) is getattr(jaxsched, name)
+    _assert_same_config(sched.config, config)
+    hash(sched)
+    # The same options given directly build an equal scheduler.
+    assert sched == getattr(jaxsched, name)(**kwargs)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
+def test_from_diffusers_config_with_class_name(name, kwargs):
+    # A config diffusers loaded itself carries _class_name: no cls= needed.
+    reference = getattr(diffusers, name).from_config({"_class_name": name, **kwargs})
+    assert reference.config["_class_name"] == name
+    sched, caught = _record(jaxsched.from_config, reference.config)
+    assert caught == []
+    assert type(sched) is getattr(jaxsched, name)
+    _assert_same_config(sched.config, reference.config)
+
+
+def test_config_is_plain_dict_with_diffusers_keys():
+    sched = jaxsched.DDIMScheduler(trained_betas=TRAINED_BETAS)
+    config = sched.config
+    assert type(config) is dict
+    assert isinstance(config["trained_betas"], list)
+    assert config["trained_betas"] == [float(b) for b in TRAINED_BETAS]
+    assert set(config) == set(_public(diffusers.DDIMScheduler().config))
+    assert set(jaxsched.DDIMInverseScheduler().config) == set(
+        _public(diffusers.DDIMInverseScheduler().config)
+    )
+
+
+# -- unused keys -------------------------------------------------------------------------------
+
+
+def test_unused_keys_warn_once_when_converting():
+    config = diffusers.DDIMScheduler(
+        thresholding=True, sample_max_value=3.0, steps_offset=1, clip_sample=False
+    ).config
+    sched, caught = _record(jaxsched.from_config, config, cls="DDIMInverseScheduler")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    for key in ("dynamic_thresholding_ratio", "sample_max_value", "thresholding"):
+        assert repr(key) in message
+    assert "DDIMInverseScheduler" in message
+    for used in ("steps_offset", "clip_sample", "_use_default_values"):
+        assert repr(used) not in message
+    assert isinstance(sched, jaxsched.DDIMInverseScheduler)
+    assert sched.steps_offset == 1
+    assert sched.clip_sample is False
+
+
+def test_unused_made_up_keys_warn_once():
+    config = {"_class_name": "DDIMScheduler", "foo": 1, "bar_baz": "x", "steps_offset": 2}
+    sched, caught = _record(jaxsched.from_config, config)
+    assert len(caught) == 1
+    assert "['bar_baz', 'foo']" in str(caught[0].message)
+    assert sched == jaxsched.DDIMScheduler(steps_offset=2)
+    # The caller's dict is not modified.
+    assert config == {"_class_name": "DDIMScheduler", "foo": 1, "bar_baz": "x", "steps_offset": 2}
+
+
+def test_no_warning_when_every_key_is_used():
+    config = diffusers.DDIMInverseScheduler(steps_offset=1).config
+    # The inverse's keys are a subset of the forward scheduler's: nothing is unused.
+    sched, caught = _record(jaxsched.from_config, config, cls="DDIMScheduler")
+    assert caught == []
+    assert sched == jaxsched.DDIMScheduler(steps_offset=1)
+
+
+# -- cls= and sources --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        jaxsched.DDIMInverseScheduler,
+        "DDIMInverseScheduler",
+        jaxsched.DDIMScheduler,
+        "DDIMScheduler",
+    ],
+)
+def test_cls_accepts_class_or_name(cls):
+    config = {"_class_name": "DDIMScheduler", "steps_offset": 1, "prediction_type": "sample"}
+    sched = jaxsched.from_config(config, cls=cls)
+    expected = cls if isinstance(cls, type) else getattr(jaxsched, cls)
+    assert type(sched) is expected
+    assert sched == expected(steps_offset=1, prediction_type="sample")
+
+
+def test_from_json_path_and_directory(tmp_path):
+    config = {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.42.1",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "steps_offset": 1,
+    }
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps(config))
+    expected = jaxsched.DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
+    )
+    for source in (path, str(path), tmp_path, str(tmp_path)):
+        sched, caught = _record(jaxsched.from_config, source)
+        assert caught == []
+        assert sched == expected
+    other = tmp_path / "elsewhere.json"
+    other.write_text(json.dumps(config))
+    assert jaxsched.from_config(other, cls="DDIMInverseScheduler") == expected.inverse()
+    assert jaxsched.load_config(tmp_path) == config
+
+
+# -- saving -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
+def test_save_config_round_trip(tmp_path, name, kwargs):
+    sched = getattr(jaxsched, name)(**kwargs)
+    path = sched.save_config(tmp_path / "model")
+    assert path == tmp_path / "model" / "scheduler_config.json"
+
+    loaded, caught = _record(jaxsched.from_config, tmp_path / "model")
+    assert caught == []
+    assert loaded == sched
+    assert hash(loaded) == hash(sched)
+    assert jaxsched.from_config(path) == sched
+
+    saved = json.loads(path.read_text())
+    assert saved["_class_name"] == name
+    reference = getattr(diffusers, name).from_config(saved)
+    _assert_same_config(sched.config, reference.config)
+    _assert_same_config(loaded.config, getattr(diffusers, name)(**kwargs).config)
+
+
+def test_save_config_to_json_file(tmp_path):
+    sched = jaxsched.DDIMScheduler(timestep_spacing="trailing", trained_betas=TRAINED_BETAS)
+    path = sched.save_config(tmp_path / "custom.json")
+    assert path == tmp_path / "custom.json"
+    assert path.is_file()
+    loaded = jaxsched.from_config(path)
+    assert loaded == sched
+    assert hash(loaded) == hash(sched)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
+def test_diffusers_saved_config_loads(tmp_path, name, kwargs):
+    reference = getattr(diffusers, name)(**kwargs)
+    reference.save_config(tmp_path)
+    sched, caught = _record(jaxsched.from_config, tmp_path)
+    assert caught == []
+    assert type(sched) is getattr(jaxsched, name)
+    _assert_same_config(sched.config, reference.config)
+    assert sched == getattr(jaxsched, name)(**kwargs)
+
+
+# -- deprecated keys ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_set_alpha_to_zero_is_renamed(value):
+    config = {"_class_name": "DDIMInverseScheduler", "set_alpha_to_zero": value}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched = jaxsched.from_config(config)
+    assert len(caught) == 1
+    assert issubclass(caught[0].category, DeprecationWarning)
+    assert "set_alpha_to_zero" in str(caught[0].message)
+    assert "set_alpha_to_one" in str(caught[0].message)
+    assert sched.set_alpha_to_one is value
+    assert "set_alpha_to_zero" not in sched.config
+    with pytest.warns(DeprecationWarning, match="set_alpha_to_zero"):
+        jaxsched.from_config(config, cls=jaxsched.DDIMInverseScheduler)
+
+
+def test_set_alpha_to_zero_false_changes_the_boundary_alpha():
+    with pytest.warns(DeprecationWarning, match="set_alpha_to_zero"):
+        sched = jaxsched.from_config(
+            {"_class_name": "DDIMInverseScheduler", "set_alpha_to_zero": False}
+        )
+    assert sched == jaxsched.DDIMInverseScheduler(set_alpha_to_one=False)
+    assert sched != jaxsched.DDIMInverseScheduler()
+
+
+# -- inverse() ----------------------------------------------------------------------------------
+
+INVERTIBLE = [kwargs for name, kwargs in CONFIGS if name == "DDIMScheduler"]
+
+
+@pytest.mark.parametrize("kwargs", INVERTIBLE, ids=[str(i) for i in range(len(INVERTIBLE))])
+def test_inverse_shares_options(kwargs):
+    sched = jaxsched.DDIMScheduler(**kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inverse = sched.inverse()
+    assert len(caught) == int(sched.thresholding)
+    assert type(inverse) is jaxsched.DDIMInverseScheduler
+    shared = set(inverse.config) & set(sched.config)
+    assert shared == set(inverse.config)
+    for key in shared:
+        assert _plain(inverse.config[key]) == _plain(sched.config[key]), key
+    assert type(inverse.inverse()) is jaxsched.DDIMScheduler
+    # The same conversion as from_config(cls=) of the config.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert inverse == jaxsched.from_config(sched.to_config(), cls="DDIMInverseScheduler")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(steps_offset=1, clip_sample=False, prediction_type="v_prediction"),
+        dict(trained_betas=TRAINED_BETAS, timestep_spacing="trailing", set_alpha_to_one=False),
+        dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=100, clip_sample_range=2.0),
+    ],
+)
+def test_inverse_of_inverse_is_the_original(kwargs):
+    sched = jaxsched.DDIMScheduler(**kwargs)
+    twice, caught = _record(lambda: sched.inverse().inverse())
+    assert caught == []
+    assert twice == sched
+    assert hash(twice) == hash(sched)
+    inverse = jaxsched.DDIMInverseScheduler(**kwargs)
+    assert inverse.inverse().inverse() == inverse
+
+
+def test_inverse_with_thresholding_warns():
+    sched = jaxsched.DDIMScheduler(thresholding=True, steps_offset=1)
+    with pytest.warns(UserWarning, match="no dynamic thresholding"):
+        inverse = sched.inverse()
+    assert inverse == jaxsched.DDIMInverseScheduler(steps_offset=1)
+    # Back again, thresholding is off: it cannot survive the inverse.
+    assert inverse.inverse() == sched.replace(thresholding=False)
+
+
+# -- trained betas ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [jaxsched.DDIMScheduler, jaxsched.DDIMInverseScheduler])
+@pytest.mark.parametrize(
+    "betas",
+    [
+        TRAINED_BETAS,
+        TRAINED_BETAS.astype(np.float32),
+        list(TRAINED_BETAS),
+        tuple(TRAINED_BETAS),
+        jnp.asarray(TRAINED_BETAS, jnp.float32),
+    ],
+    ids=["float64", "float32", "list", "tuple", "jax"],
+)
+def test_trained_betas_are_hashable_and_used(cls, betas):
+    sched = cls(trained_betas=betas)
+    assert isinstance(sched.trained_betas, tuple)
+    assert all(type(b) is float for b in sched.trained_betas)
+    hash(sched)
+    assert sched == cls(trained_betas=betas)
+    assert hash(sched) == hash(cls(trained_betas=betas))
+    assert sched != cls()
+    np.testing.assert_array_equal(sched.trained_betas, np.asarray(betas, np.float64))
+
+    state = sched.init(10, (2, 3))
+    expected = np.asarray(betas, np.float64).astype(state.schedule.betas.dtype)
+    np.testing.assert_array_equal(np.asarray(state.schedule.betas), expected)
+    np.testing.assert_allclose(
+        np.asarray(state.schedule.alphas_cumprod), np.cumprod(1.0 - expected), rtol=1e-5
+    )
+    # Different from the config's own linear schedule.
+    default = cls().init(10, (2, 3))
+    assert not np.allclose(state.schedule.betas, default.schedule.betas)
+
+
+def test_trained_betas_override_beta_schedule_like_diffusers():
+    betas = np.full(1000, 0.01)
+    sched = jaxsched.DDIMScheduler(trained_betas=betas, beta_schedule="scaled_linear")
+    reference = diffusers.DDIMScheduler(trained_betas=betas, beta_schedule="scaled_linear")
+    state = sched.init(10, (1,))
+    np.testing.assert_allclose(state.schedule.betas, reference.betas.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        state.schedule.alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5
+    )
+
+
+def test_dataclass_fields_are_the_diffusers_signature():
+    import inspect
+
+    for name in ("DDIMScheduler", "DDIMInverseScheduler"):
+        ours = {f.name: f.default for f in dataclasses.fields(getattr(jaxsched, name))}
+        params = inspect.signature(getattr(diffusers, name).__init__).parameters
+        theirs = {
+            k: p.default
+            for k, p in params.items()
+            if k != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+        }
+        assert ours == theirs, name
