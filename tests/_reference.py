@@ -108,9 +108,11 @@ def run_side_by_side(
         x_start = (DATA_STD * x_start).astype(np_dtype)
     x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
     abar_ref, abar_ours = ref.alphas_cumprod.numpy(), np.asarray(state.schedule.alphas_cumprod)
-    stochastic = {} if cls_name == "DDIMInverseScheduler" else {
-        "eta": eta, "use_clipped_model_output": use_clipped_model_output
-    }
+    stochastic = (
+        {}
+        if cls_name == "DDIMInverseScheduler"
+        else {"eta": eta, "use_clipped_model_output": use_clipped_model_output}
+    )
     step = jax.jit(functools.partial(sched.step, **stochastic))
     pred = ref.config.prediction_type
     for i in range(n):

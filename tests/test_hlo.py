@@ -1,0 +1,33 @@
+"""The compiled sampling loop stays lean: per step, one elementwise pass over the sample."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+
+import jaxsched
+
+SHAPE = (4, 4, 32, 32)
+FULL = r"f32\[4,4,32,32\]"
+
+
+def _while_body(hlo: str) -> str:
+    body_name = re.search(r"while\(.*?body=%?([\w.\-]+)", hlo).group(1)
+    start = re.search(rf"^%?{re.escape(body_name)} \(", hlo, re.M).start()
+    return hlo[start : hlo.index("\n}", start)]
+
+
+def test_ddim_sample_loop_is_one_fused_pass_per_step():
+    sched = jaxsched.DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+    state = sched.init(25, SHAPE)
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, lambda x, t: 0.1 * x, x))
+    body = _while_body(run.lower(state, jnp.ones(SHAPE)).compile().as_text())
+    full_size = [line for line in body.splitlines() if re.search(rf"= {FULL}\S* ", line)]
+    fusions = [line for line in full_size if " fusion(" in line]
+    copies = [line for line in full_size if " copy(" in line]
+    assert len(fusions) == 1, full_size
+    assert not copies, copies
