@@ -16,23 +16,22 @@ import jaxsched
 
 TRAINED_BETAS = np.linspace(1e-4, 0.02, 1000) ** 1.1
 
+# Non-default values of options both classes have.
+SHARED_OPTIONS = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+)
+
 # (diffusers class name, keyword arguments) for both libraries.
 CONFIGS = [
     ("DDIMScheduler", {}),
-    (
-        "DDIMScheduler",
-        dict(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            prediction_type="v_prediction",
-            timestep_spacing="trailing",
-            rescale_betas_zero_snr=True,
-        ),
-    ),
+    ("DDIMScheduler", dict(**SHARED_OPTIONS, rescale_betas_zero_snr=True)),
     (
         "DDIMScheduler",
         dict(
@@ -48,19 +47,7 @@ CONFIGS = [
     ),
     ("DDIMScheduler", dict(trained_betas=TRAINED_BETAS)),
     ("DDIMInverseScheduler", {}),
-    (
-        "DDIMInverseScheduler",
-        dict(
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            timestep_spacing="trailing",
-            prediction_type="v_prediction",
-        ),
-    ),
+    ("DDIMInverseScheduler", SHARED_OPTIONS),
     ("DDIMInverseScheduler", dict(trained_betas=list(TRAINED_BETAS), clip_sample_range=2.0)),
 ]
 CONFIG_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
@@ -398,3 +385,11 @@ def test_dataclass_fields_are_the_diffusers_signature():
             if k != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
         }
         assert ours == theirs, name
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDIMInverseScheduler"])
+def test_pipeline_constants_match_diffusers(name):
+    ref = getattr(diffusers, name)()
+    ours = getattr(jaxsched, name)()
+    assert ours.init_noise_sigma == ref.init_noise_sigma
+    assert ours.order == ref.order

@@ -23,6 +23,6 @@ def test_main_job_prints_falling_reconstruction_errors(capsys):
     from jaxsched.cli import main
 
     main(["example", "--steps", "10", "100", "--num-samples", "64", "--dim", "4"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
     errors = [float(row[1]) for row in rows]
     assert len(errors) == 2 and errors[1] < errors[0]

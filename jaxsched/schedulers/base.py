@@ -38,6 +38,10 @@ class Scheduler:
 
     #: Name of the scheduler ``inverse()`` returns.
     inverse_class_name: ClassVar[str]
+    #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).
+    init_noise_sigma: ClassVar[float] = 1.0
+    #: Model calls per step (diffusers' ``order``; 1 for every multistep scheduler too).
+    order: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         if self.trained_betas is not None:
