@@ -60,7 +60,7 @@ def from_config(
             warnings.warn(
                 f"config key {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=2
             )
-            config.setdefault(new, config.pop(old))
+            config[new] = config.pop(old)  # the old key wins, as in diffusers' __init__
     names = {f.name for f in dataclasses.fields(target)}
     unused = sorted(k for k in config if k not in names and not k.startswith("_"))
     if unused:

@@ -17,15 +17,25 @@ from jaxsched.state import SchedulerState
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _remaining_steps(state: SchedulerState) -> int:
-    """Steps left from ``state.step_index`` when it is concrete; all ``N`` when traced."""
+def _remaining_steps(state: SchedulerState) -> int | None:
+    """Steps left from ``state.step_index`` when it is concrete; ``None`` when traced."""
+    if jnp.ndim(state.step_index) != 0:
+        raise ValueError(
+            f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
+            "sample a batch of states with jax.vmap"
+        )
     index = concrete_value(state.step_index)
+    if index is None:
+        return None
     n = state.num_inference_steps
-    if index is None or index.ndim:
-        return n
     if index >= n:
         raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
     return n - int(index)
+
+
+def _keep_finished(done: jax.Array, old, new):
+    """``old`` where the run had already finished, else ``new`` (leaf by leaf)."""
+    return jax.tree.map(lambda o, n: jnp.where(done, o, n), old, new)
 
 
 def sample(
@@ -44,6 +54,11 @@ def sample(
     Works for every scheduler, forward or inverse: each step calls ``model_fn(x, t)`` with
     ``t = state.timesteps[state.step_index]`` and then ``scheduler.step``.
 
+    When ``state.step_index`` is concrete the scan has exactly the remaining steps. When it is
+    traced (``state`` is an argument of a jitted function) the scan length must be static, so it
+    runs all ``N`` iterations and those past the end are exact no-ops (their model calls are
+    wasted): pass a fresh state, or a concrete one, to avoid that.
+
     Args:
         scheduler: the scheduler ``state`` was built by.
         state: from ``scheduler.init``; the run starts at its ``step_index``.
@@ -58,7 +73,8 @@ def sample(
     Returns:
         The final sample, or ``(state, sample)`` with ``return_state``.
     """
-    length = _remaining_steps(state)
+    remaining = _remaining_steps(state)
+    length = state.num_inference_steps if remaining is None else remaining
     if key is not None and noise is not None:
         raise ValueError("pass either key or noise to sample, not both")
     per_step: dict[str, jax.Array] = {}
@@ -75,8 +91,10 @@ def sample(
     def body(carry, step_inputs):
         state, x = carry
         t = state.timesteps[state.step_index]
-        state, x = scheduler.step(state, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
-        return (state, x), None
+        new = scheduler.step(state, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
+        if remaining is None:
+            new = _keep_finished(state.step_index >= state.num_inference_steps, carry, new)
+        return new, None
 
     (state, x), _ = lax.scan(body, (state, x), per_step, length=length)
     return (state, x) if return_state else x
@@ -90,7 +108,7 @@ def invert(
     *,
     schedule: NoiseSchedule | None = None,
     **kwargs: Any,
-) -> jax.Array:
+) -> jax.Array | tuple[SchedulerState, jax.Array]:
     """Map data ``x0`` toward noise with ``scheduler.inverse()``: init and :func:`sample` in one.
 
     ``scheduler`` is the forward scheduler whose sampling run the inversion should undo.

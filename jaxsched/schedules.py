@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched._checks import check_choice
+from jaxsched._checks import check_choice, check_floating_dtype, concrete_value
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # Largest beta of the cosine schedule, as in Nichol & Dhariwal (2021), eq. 17.
@@ -37,6 +37,11 @@ class NoiseSchedule(NamedTuple):
 def default_float_dtype() -> jnp.dtype:
     """float64 when ``jax_enable_x64`` is on, else float32: the dtype of every table."""
     return jnp.result_type(float)
+
+
+def compute_dtype(sample_dtype, table_dtype) -> jnp.dtype:
+    """Samples are updated in at least the tables' precision (float32, or float64 with x64)."""
+    return jnp.promote_types(sample_dtype, table_dtype)
 
 
 def linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=None) -> jax.Array:
@@ -112,6 +117,7 @@ def noise_schedule(
     """
     check_choice("beta_schedule", kind, BETA_SCHEDULES)
     dtype = dtype or default_float_dtype()
+    check_floating_dtype("noise_schedule dtype", dtype)
     if trained_betas is not None:
         betas = jnp.asarray(trained_betas, dtype)
         if betas.shape != (num_train_timesteps,):
@@ -137,12 +143,21 @@ def _per_sample(values: jax.Array, ndim: int) -> jax.Array:
 
 
 def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array, jax.Array]:
-    abar = _per_sample(schedule.alphas_cumprod[jnp.asarray(timesteps)], ndim)
+    """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample.
+
+    Out-of-range timesteps raise when concrete and give NaN when traced (never a silent clamp).
+    """
+    abar = schedule.alphas_cumprod
+    num_train_timesteps = abar.shape[-1]
+    known = concrete_value(timesteps)
+    if known is not None and (known.min() < 0 or known.max() >= num_train_timesteps):
+        raise ValueError(
+            f"timesteps must lie in 0..{num_train_timesteps - 1}, got {known.ravel().tolist()}"
+        )
+    abar = _per_sample(
+        jnp.take(abar, jnp.asarray(timesteps), mode="fill", fill_value=jnp.nan), ndim
+    )
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-
-
-def _compute_dtype(dtype, schedule: NoiseSchedule) -> jnp.dtype:
-    return jnp.promote_types(dtype, schedule.alphas_cumprod.dtype)
 
 
 def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> jax.Array:
@@ -152,7 +167,7 @@ def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> ja
     float32 and returned in the samples' dtype.
     """
     x0 = jnp.asarray(original_samples)
-    dtype = _compute_dtype(x0.dtype, schedule)
+    dtype = compute_dtype(x0.dtype, schedule.alphas_cumprod.dtype)
     sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
     out = sqrt_a * x0.astype(dtype) + sqrt_b * jnp.asarray(noise).astype(dtype)
     return out.astype(x0.dtype)
@@ -161,7 +176,7 @@ def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> ja
 def get_velocity(schedule: NoiseSchedule, sample, noise, timesteps) -> jax.Array:
     """Velocity target ``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022, sec. 4)."""
     x0 = jnp.asarray(sample)
-    dtype = _compute_dtype(x0.dtype, schedule)
+    dtype = compute_dtype(x0.dtype, schedule.alphas_cumprod.dtype)
     sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
     out = sqrt_a * jnp.asarray(noise).astype(dtype) - sqrt_b * x0.astype(dtype)
     return out.astype(x0.dtype)

@@ -274,6 +274,16 @@ def test_set_alpha_to_zero_false_changes_the_boundary_alpha():
     assert sched != jaxsched.DDIMInverseScheduler()
 
 
+def test_set_alpha_to_zero_overrides_set_alpha_to_one_as_in_diffusers():
+    ref = diffusers.DDIMInverseScheduler(set_alpha_to_one=True, set_alpha_to_zero=False)
+    assert float(ref.initial_alpha_cumprod) == float(ref.alphas_cumprod[0])
+    with pytest.warns(DeprecationWarning, match="set_alpha_to_zero"):
+        sched = jaxsched.from_config(
+            {"set_alpha_to_one": True, "set_alpha_to_zero": False}, cls="DDIMInverseScheduler"
+        )
+    assert sched.set_alpha_to_one is False
+
+
 # -- inverse() ----------------------------------------------------------------------------------
 
 INVERTIBLE = [kwargs for name, kwargs in CONFIGS if name == "DDIMScheduler"]

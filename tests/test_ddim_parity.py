@@ -1,12 +1,13 @@
 """Step-by-step parity of DDIMScheduler / DDIMInverseScheduler with diffusers.
 
-Tolerances. float32: diffusers builds alphas_cumprod with torch's float32 cumprod, whose
-summation order we cannot reproduce (the tables differ by up to ~1.3e-6 relative); a DDIM step
-is a contraction, so sample differences stay at that level: rtol = atol = 3e-5. One exception:
+Tolerances. float32: rtol = atol = 5e-5 (worst seen 3.8e-5). Mostly float32 rounding in the
+update (operation order, FMA contraction) amplified by 1/alpha at high noise; the tables add a
+little (torch's linspace and float64-accumulating cumprod vs XLA's float32 ones: ~1 ulp in the
+betas, up to 1.3e-6 relative in alphas_cumprod). One exception:
 ``prediction_type="sample"`` over hundreds of steps reaches sigma ~ 0.03, where
 ``eps = (x - alpha x0) / sigma`` amplifies the table difference ~30x: rtol = atol = 2e-4.
 float64: the reference's tables are rebuilt in float64 from the same formulas, so only
-rounding in the updates differs: rtol = atol = 1e-10.
+rounding in the updates differs: rtol = atol = 1e-11 (worst seen: 1.5e-13).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ INVERSE = [
 CASES = [("DDIMScheduler", *case) for case in FORWARD] + [
     ("DDIMInverseScheduler", config, n, 0.0, False) for config, n in INVERSE
 ]
-TOLERANCE = {False: 3e-5, True: 1e-10}
+TOLERANCE = {False: 5e-5, True: 1e-11}
 
 
 def _case_id(case) -> str:
@@ -131,8 +132,8 @@ def test_trailing_spurious_step_is_dropped():
     for _, x, x_ref, x0, x0_ref in run_side_by_side(
         "DDIMScheduler", {"timestep_spacing": "trailing"}, 61, float64=False
     ):
-        np.testing.assert_allclose(x, x_ref, rtol=3e-5, atol=3e-5)
-        np.testing.assert_allclose(x0, x0_ref, rtol=3e-5, atol=3e-5)
+        np.testing.assert_allclose(x, x_ref, rtol=5e-5, atol=5e-5)
+        np.testing.assert_allclose(x0, x0_ref, rtol=5e-5, atol=5e-5)
 
 
 def test_case_count():

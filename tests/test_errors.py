@@ -65,9 +65,9 @@ BAD_TYPES = [
     ("steps_offset", True, "steps_offset must be an int", SCHEDULERS),
     ("num_train_timesteps", 1000.0, "num_train_timesteps must be an int", SCHEDULERS),
     ("num_train_timesteps", "1000", "num_train_timesteps must be an int", SCHEDULERS),
-    ("beta_start", "0.001", "beta_start must be a number", SCHEDULERS),
-    ("clip_sample_range", True, "clip_sample_range must be a number", SCHEDULERS),
-    ("sample_max_value", None, "sample_max_value must be a number", SCHEDULERS[:1]),
+    ("beta_start", "0.001", "beta_start must be a real number", SCHEDULERS),
+    ("clip_sample_range", True, "clip_sample_range must be a real number", SCHEDULERS),
+    ("sample_max_value", None, "sample_max_value must be a real number", SCHEDULERS[:1]),
 ]
 
 # Valid values of every option above: construction succeeds with them.
@@ -352,7 +352,7 @@ def test_step_negative_eta():
     key = jax.random.key(3)
     sched.step(state, eps, t, x, eta=0.0, key=key)
     for eta in (-0.1, -1, jnp.float32(-0.5)):
-        with pytest.raises(ValueError, match="eta must be >= 0"):
+        with pytest.raises(ValueError, match="eta must be finite and >= 0"):
             sched.step(state, eps, t, x, eta=eta, key=key)
 
 
@@ -454,3 +454,92 @@ def test_from_config_bad_option_values_fail_like_construction():
         jaxsched.from_config({"_class_name": "DDIMScheduler", "prediction_type": "eps"})
     with pytest.raises(TypeError, match="steps_offset must be an int"):
         jaxsched.from_config({"_class_name": "DDIMInverseScheduler", "steps_offset": 1.5})
+
+
+# -- inputs found by review: each must fail loudly, not quietly -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("eta", "error", "fragment"),
+    [
+        (float("nan"), ValueError, "eta must be finite and >= 0"),
+        (float("inf"), ValueError, "eta must be finite and >= 0"),
+        (1j, TypeError, "eta must be a real scalar"),
+        (None, TypeError, "eta must be a real scalar"),
+        (jnp.ones(2), TypeError, "eta must be a real scalar"),
+    ],
+)
+def test_step_rejects_bad_eta(eta, error, fragment):
+    sched = jaxsched.DDIMScheduler()
+    state = sched.init(5, SHAPE)
+    x, eps = _inputs()
+    with pytest.raises(error, match=fragment):
+        sched.step(state, eps, state.timesteps[0], x, eta=eta, key=jax.random.key(0))
+    sched.step(state, eps, state.timesteps[0], x, eta=np.float32(0.5), key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("cls", SCHEDULERS)
+def test_integer_samples_and_dtypes_are_rejected(cls):
+    sched = cls()
+    with pytest.raises(TypeError, match="dtype must have a floating-point dtype"):
+        sched.init(5, SHAPE, jnp.int32)
+    state = sched.init(5, SHAPE)
+    x, eps = _inputs()
+    with pytest.raises(TypeError, match="the sample must have a floating-point dtype"):
+        sched.step(state, eps, state.timesteps[0], x.astype(jnp.int32))
+    with pytest.raises(TypeError, match="model_output must have a floating-point dtype"):
+        sched.step(state, eps.astype(jnp.int32), state.timesteps[0], x)
+
+
+@pytest.mark.parametrize("cls", SCHEDULERS)
+def test_batched_state_outside_vmap_is_rejected(cls):
+    sched = cls()
+    states = jax.vmap(
+        lambda b: sched.init(5, SHAPE, schedule=jaxsched.noise_schedule(beta_start=b))
+    )(jnp.array([1e-4, 2e-4]))
+    x, eps = _inputs()
+    xs, epss = jnp.stack([x, x]), jnp.stack([eps, eps])
+    with pytest.raises(ValueError, match="the state is batched"):
+        sched.step(states, epss, states.timesteps[:, 0], xs)
+    with pytest.raises(ValueError, match="the state is batched"):
+        jaxsched.sample(sched, states, _model, xs)
+    _, out = jax.vmap(sched.step)(states, epss, states.timesteps[:, 0], xs)
+    assert out.shape == xs.shape
+
+
+@pytest.mark.parametrize(
+    "betas", [[0.5] * 999 + [1.0], [float("nan")] * 1000, [[0.01] * 500] * 2, [-0.1] * 1000]
+)
+def test_trained_betas_out_of_range_are_rejected(betas):
+    with pytest.raises(ValueError, match=r"trained_betas must be a 1-D sequence of values in"):
+        jaxsched.DDIMScheduler(trained_betas=betas)
+
+
+def test_numpy_scalar_options_serialise(tmp_path):
+    sched = jaxsched.DDIMScheduler(
+        num_train_timesteps=np.int32(500), beta_start=np.float32(1e-4), clip_sample=np.bool_(False)
+    )
+    assert type(sched.num_train_timesteps) is int and type(sched.clip_sample) is bool
+    assert jaxsched.from_config(sched.save_config(tmp_path)) == sched
+
+
+def test_type_errors_are_also_value_errors():
+    with pytest.raises(ValueError, match="steps_offset must be an int"):
+        jaxsched.DDIMScheduler(steps_offset=1.5)
+
+
+def test_add_noise_rejects_out_of_range_timesteps_and_is_nan_when_traced():
+    sched = jaxsched.DDIMScheduler()
+    state = sched.init(5, SHAPE)
+    x, eps = _inputs()
+    for t in (1000, -1, np.array([0, 1000])):
+        with pytest.raises(ValueError, match=r"timesteps must lie in 0..999"):
+            sched.add_noise(state, x, eps, t)
+    traced = jax.jit(sched.add_noise)(state, x, eps, 1000)
+    assert bool(jnp.isnan(traced).all())
+    assert bool(jnp.isfinite(jax.jit(sched.add_noise)(state, x, eps, 999)).all())
+
+
+def test_schedule_with_integer_dtype_is_rejected():
+    with pytest.raises(TypeError, match="noise_schedule dtype must have a floating-point dtype"):
+        jaxsched.noise_schedule(dtype=jnp.int32)

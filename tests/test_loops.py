@@ -189,6 +189,35 @@ def test_partial_run_from_a_later_step_continues_the_run():
     )
 
 
+def test_jitted_sample_from_a_later_step_masks_the_finished_iterations():
+    """With a traced step_index the scan runs N iterations; those past the end are no-ops."""
+    sched = jaxsched.DDIMScheduler(**SD)
+    state = sched.init(10, SHAPE)
+    x = jax.random.normal(jax.random.key(10), SHAPE)
+    expected_state, expected = python_loop(sched, state, toy_model, x)
+    for i in range(4):
+        t = state.timesteps[i]
+        state, x = sched.step(state, toy_model(x, t), t, x)
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, toy_model, x, return_state=True))
+    final_state, got = run(state, x)
+    chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(final_state, expected_state, rtol=1e-6, atol=1e-6)
+
+
+def test_thresholding_under_vmap_needs_a_leading_batch_axis_per_item():
+    """Per-sample thresholding reduces over all but the leading axis; vmapping over single
+    samples therefore gives each a leading axis of 1 and matches the batched step."""
+    sched = jaxsched.DDIMScheduler(thresholding=True, sample_max_value=4.0)
+    x = 3 * jax.random.normal(jax.random.key(15), (4, 3, 6))
+    m = jax.random.normal(jax.random.key(16), (4, 3, 6))
+    batched = sched.init(10, x.shape)
+    t = batched.timesteps[0]
+    _, expected = sched.step(batched, m, t, x)
+    single = sched.init(10, (1, 3, 6))
+    _, got = jax.vmap(lambda m, x: sched.step(single, m, t, x))(m[:, None], x[:, None])
+    chex.assert_trees_all_close(got[:, 0], expected, rtol=1e-6, atol=1e-6)
+
+
 def test_invert_equals_sample_with_the_inverse_scheduler():
     sched = jaxsched.DDIMScheduler(**SD, clip_sample=False, timestep_spacing="trailing")
     x0 = jax.random.normal(jax.random.key(11), SHAPE)
@@ -222,7 +251,7 @@ def test_round_trip_on_gaussian_mixture_converges(spacing):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    shape=hnp.array_shapes(min_dims=1, max_dims=4, max_side=4),
+    shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=4),
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
     prediction_type=st.sampled_from(["epsilon", "sample", "v_prediction"]),
     thresholding=st.booleans(),
@@ -253,11 +282,22 @@ def test_step_preserves_shape_and_dtype_and_computes_in_float32(
 def test_x64_runs_float64_end_to_end():
     with jax.enable_x64(True):
         sched = jaxsched.DDIMScheduler(**SD)
-        state = sched.init(5, SHAPE, jnp.float64)
+        state = sched.init(5, SHAPE)
         assert state.coefficients.alpha_from.dtype == jnp.float64
+        assert state.pred_original_sample.dtype == jnp.float64
+        stale = sched.init(5, SHAPE, schedule=jaxsched.noise_schedule(dtype=jnp.float32))
+        assert stale.coefficients.alpha_from.dtype == jnp.float64
         x = jnp.ones(SHAPE, jnp.float64)
         state, x = sched.step(state, toy_model(x, state.timesteps[0]), state.timesteps[0], x)
         assert x.dtype == jnp.float64 and state.pred_original_sample.dtype == jnp.float64
+
+
+def test_low_precision_schedule_is_promoted_to_float32_tables():
+    sched = jaxsched.DDIMScheduler()
+    low = jaxsched.noise_schedule(dtype=jnp.bfloat16)
+    state = sched.init(5, SHAPE, schedule=low)
+    assert state.coefficients.alpha_from.dtype == jnp.float32
+    assert state.schedule.alphas_cumprod.dtype == jnp.float32
 
 
 def test_thresholding_is_per_sample():
@@ -276,3 +316,31 @@ def test_thresholding_is_per_sample():
     chex.assert_trees_all_close(
         a.pred_original_sample[0], jnp.clip(m[0], -s, s) / s, rtol=1e-6, atol=1e-6
     )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cls=st.sampled_from([jaxsched.DDIMScheduler, jaxsched.DDIMInverseScheduler]),
+    prediction_type=st.sampled_from(["epsilon", "sample", "v_prediction"]),
+    spacing=st.sampled_from(["leading", "trailing", "linspace"]),
+    beta_schedule=st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
+    clip_sample=st.booleans(),
+    num_steps=st.integers(1, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_eager_loop_equals_jitted_scan_for_random_configs(
+    cls, prediction_type, spacing, beta_schedule, clip_sample, num_steps, seed
+):
+    sched = cls(
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
+        beta_schedule=beta_schedule,
+        clip_sample=clip_sample,
+        set_alpha_to_one=False,
+    )
+    state = sched.init(num_steps, SHAPE)
+    x = jax.random.normal(jax.random.key(seed), SHAPE)
+    _, expected = python_loop(sched, state, toy_model, x)
+    got = jax.jit(lambda s, x: jaxsched.sample(sched, s, toy_model, x))(state, x)
+    assert bool(jnp.isfinite(got).all())
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)

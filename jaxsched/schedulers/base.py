@@ -13,8 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched._checks import check_bool, check_choice, check_float, check_int, concrete_value
-from jaxsched.schedules import BETA_SCHEDULES, NoiseSchedule, noise_schedule
+from jaxsched._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_floating_dtype,
+    check_int,
+    concrete_value,
+    plain_python,
+)
+from jaxsched.schedules import (
+    BETA_SCHEDULES,
+    NoiseSchedule,
+    compute_dtype,
+    default_float_dtype,
+    noise_schedule,
+)
 from jaxsched.state import SchedulerState
 
 CONFIG_NAME = "scheduler_config.json"
@@ -44,9 +58,13 @@ class Scheduler:
     order: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, plain_python(getattr(self, field.name)))
         if self.trained_betas is not None:
-            betas = tuple(float(b) for b in np.asarray(self.trained_betas, np.float64).ravel())
-            object.__setattr__(self, "trained_betas", betas)
+            betas = np.asarray(self.trained_betas, np.float64)
+            if betas.ndim != 1 or not np.all((betas >= 0) & (betas < 1)):
+                raise ValueError("trained_betas must be a 1-D sequence of values in [0, 1)")
+            object.__setattr__(self, "trained_betas", tuple(float(b) for b in betas))
         self._validate()
 
     def _validate(self) -> None:
@@ -100,7 +118,11 @@ class Scheduler:
     # -- shared pieces of init and step --------------------------------------------------------
 
     def noise_schedule(self, schedule: NoiseSchedule | None = None) -> NoiseSchedule:
-        """``schedule`` after checking it fits, or the one the config describes."""
+        """``schedule`` after checking it fits, or the one the config describes.
+
+        A given schedule is promoted to at least float32 (float64 with x64), so low-precision
+        or stale-precision tables never set the precision of the update.
+        """
         if schedule is None:
             return noise_schedule(
                 self.beta_schedule,
@@ -118,7 +140,9 @@ class Scheduler:
                 f"schedule arrays have shape {schedule.alphas_cumprod.shape} but this scheduler "
                 f"has num_train_timesteps={self.num_train_timesteps}"
             )
-        return schedule
+        check_floating_dtype("schedule", schedule.alphas_cumprod.dtype)
+        dtype = compute_dtype(schedule.alphas_cumprod.dtype, default_float_dtype())
+        return jax.tree.map(lambda table: jnp.asarray(table, dtype), schedule)
 
     def check_num_inference_steps(self, num_inference_steps: int) -> None:
         check_int("num_inference_steps", num_inference_steps, minimum=1)
@@ -129,8 +153,27 @@ class Scheduler:
             )
 
 
+def check_init_dtype(dtype) -> jnp.dtype:
+    """The sample dtype of a run: ``dtype``, or float32 (float64 with x64) when ``None``."""
+    dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    check_floating_dtype("dtype", dtype)
+    return dtype
+
+
 def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
-    """Shape checks always; position checks where the values are concrete (not traced)."""
+    """Shape and dtype checks always; position checks where values are concrete (not traced).
+
+    Raises:
+        ValueError: a batched state outside ``jax.vmap``, mismatched shapes, a finished run,
+            or a concrete ``t`` that is not the state's current timestep.
+    """
+    if jnp.ndim(state.step_index) != 0 or jnp.ndim(state.timesteps) != 1:
+        raise ValueError(
+            f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
+            "step a batch of states with jax.vmap"
+        )
+    check_floating_dtype("the sample", jnp.result_type(x))
+    check_floating_dtype("model_output", jnp.result_type(model_output))
     if jnp.shape(model_output) != jnp.shape(x):
         raise ValueError(
             f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
@@ -142,7 +185,7 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
             f"{state.pred_original_sample.shape}"
         )
     index = concrete_value(state.step_index)
-    if index is None or index.ndim:
+    if index is None:
         return
     n = state.num_inference_steps
     if index >= n:
@@ -161,11 +204,6 @@ def current_row(coefficients: Any, step_index: jax.Array) -> Any:
     return jax.tree.map(
         lambda table: jnp.take(table, step_index, mode="fill", fill_value=jnp.nan), coefficients
     )
-
-
-def compute_dtype(sample_dtype, table_dtype) -> jnp.dtype:
-    """Samples are updated in at least the tables' precision (float32, or float64 with x64)."""
-    return jnp.promote_types(sample_dtype, table_dtype)
 
 
 def advance(state: SchedulerState, pred_original_sample: jax.Array, **changes) -> SchedulerState:

@@ -9,17 +9,23 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxsched._checks import check_bool, check_choice, check_float, check_int, concrete_value
+from jaxsched._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_nonnegative_scalar,
+)
 from jaxsched.grids import TIMESTEP_SPACINGS, ddim_grid, levels_at
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
+    check_init_dtype,
     check_step_inputs,
-    compute_dtype,
     current_row,
     resolve_noise,
 )
-from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity
+from jaxsched.schedules import NoiseSchedule, add_noise, compute_dtype, get_velocity
 from jaxsched.solvers.ddim import ddim_coefficients, ddim_update
 from jaxsched.solvers.prediction import PREDICTION_TYPES
 from jaxsched.state import SchedulerState, Thresholds
@@ -55,15 +61,17 @@ class _DDIMBase(Scheduler):
         self,
         num_inference_steps: int,
         shape: tuple[int, ...],
-        dtype=jnp.float32,
+        dtype=None,
         schedule: NoiseSchedule | None = None,
     ) -> SchedulerState:
         """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
 
+        ``dtype`` defaults to float32 (float64 with x64 enabled).
         ``schedule`` (a :func:`jaxsched.noise_schedule`) replaces the config's betas; it may be
         traced, so ``jax.vmap(lambda s: sched.init(N, shape, schedule=s))`` batches schedules.
         """
         self.check_num_inference_steps(num_inference_steps)
+        dtype = check_init_dtype(dtype)
         schedule = self.noise_schedule(schedule)
         grid = ddim_grid(
             self.timestep_spacing,
@@ -178,9 +186,7 @@ class DDIMScheduler(_DDIMBase):
             ``(state, x_next)``; ``state.pred_original_sample`` holds this step's x0.
         """
         check_step_inputs(state, model_output, t, x)
-        eta_value = concrete_value(eta)
-        if eta_value is not None and eta_value < 0:
-            raise ValueError(f"eta must be >= 0, got {eta_value}")
+        eta_value = check_nonnegative_scalar("eta", eta)
         dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
         stochastic = eta_value is None or eta_value > 0
         noise = resolve_noise(stochastic, key, noise, jnp.shape(x), dtype)
