@@ -176,21 +176,10 @@ def test_same_key_same_sample_and_different_key_different_sample():
     assert not np.allclose(first, run(jax.random.key(9), 1.0))
 
 
-def test_partial_run_from_a_later_step_continues_the_run():
-    sched = jaxsched.DDIMScheduler(**SD)
-    state = sched.init(10, SHAPE)
-    x = jax.random.normal(jax.random.key(10), SHAPE)
-    _, expected = python_loop(sched, state, toy_model, x)
-    for i in range(4):
-        t = state.timesteps[i]
-        state, x = sched.step(state, toy_model(x, t), t, x)
-    chex.assert_trees_all_close(
-        jaxsched.sample(sched, state, toy_model, x), expected, rtol=1e-6, atol=1e-6
-    )
-
-
-def test_jitted_sample_from_a_later_step_masks_the_finished_iterations():
-    """With a traced step_index the scan runs N iterations; those past the end are no-ops."""
+@pytest.mark.parametrize("jit", [False, True], ids=["concrete", "traced"])
+def test_sample_from_a_later_step_continues_the_run(jit):
+    """A concrete step_index scans the remaining steps; a traced one (under jit) scans all N
+    and the iterations past the end are exact no-ops."""
     sched = jaxsched.DDIMScheduler(**SD)
     state = sched.init(10, SHAPE)
     x = jax.random.normal(jax.random.key(10), SHAPE)
@@ -198,8 +187,11 @@ def test_jitted_sample_from_a_later_step_masks_the_finished_iterations():
     for i in range(4):
         t = state.timesteps[i]
         state, x = sched.step(state, toy_model(x, t), t, x)
-    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, toy_model, x, return_state=True))
-    final_state, got = run(state, x)
+
+    def run(s, x):
+        return jaxsched.sample(sched, s, toy_model, x, return_state=True)
+
+    final_state, got = (jax.jit(run) if jit else run)(state, x)
     chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
     chex.assert_trees_all_close(final_state, expected_state, rtol=1e-6, atol=1e-6)
 
