@@ -511,7 +511,7 @@ def test_batched_state_outside_vmap_is_rejected(cls):
     "betas", [[0.5] * 999 + [1.0], [float("nan")] * 1000, [[0.01] * 500] * 2, [-0.1] * 1000]
 )
 def test_trained_betas_out_of_range_are_rejected(betas):
-    with pytest.raises(ValueError, match=r"trained_betas must be a 1-D sequence of values in"):
+    with pytest.raises(ValueError, match=r"trained_betas must be (a )?1-D"):
         jaxsched.DDIMScheduler(trained_betas=betas)
 
 

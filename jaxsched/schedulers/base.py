@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsched._checks import (
+    OptionTypeError,
     check_bool,
     check_choice,
     check_float,
@@ -62,9 +63,9 @@ class Scheduler:
             object.__setattr__(self, field.name, plain_python(getattr(self, field.name)))
         if self.trained_betas is not None:
             betas = np.asarray(self.trained_betas, np.float64)
-            if betas.ndim != 1 or not np.all((betas >= 0) & (betas < 1)):
-                raise ValueError("trained_betas must be a 1-D sequence of values in [0, 1)")
-            object.__setattr__(self, "trained_betas", tuple(float(b) for b in betas))
+            object.__setattr__(self, "trained_betas", tuple(betas.ravel().tolist()))
+            if betas.ndim != 1:
+                raise ValueError(f"trained_betas must be 1-D, got shape {betas.shape}")
         self._validate()
 
     def _validate(self) -> None:
@@ -74,11 +75,14 @@ class Scheduler:
         check_float("beta_start", self.beta_start, low=0.0, high=1.0, high_open=True)
         check_float("beta_end", self.beta_end, low=0.0, high=1.0, high_open=True)
         check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)
-        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
-            raise ValueError(
-                f"trained_betas has {len(self.trained_betas)} entries but "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
+        if self.trained_betas is not None:
+            if not all(0 <= b < 1 for b in self.trained_betas):
+                raise ValueError("trained_betas must be a 1-D sequence of values in [0, 1)")
+            if len(self.trained_betas) != self.num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas has {len(self.trained_betas)} entries but "
+                    f"num_train_timesteps={self.num_train_timesteps}"
+                )
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -133,7 +137,9 @@ class Scheduler:
                 rescale_betas_zero_snr=self.rescale_betas_zero_snr,
             )
         if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule must be a jaxsched.NoiseSchedule, got {type(schedule)}")
+            raise OptionTypeError(
+                f"schedule must be a jaxsched.NoiseSchedule, got {type(schedule).__name__}"
+            )
         expected = (self.num_train_timesteps,)
         if schedule.alphas_cumprod.shape != expected or schedule.betas.shape != expected:
             raise ValueError(

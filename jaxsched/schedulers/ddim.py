@@ -100,8 +100,12 @@ class _DDIMBase(Scheduler):
             pred_original_sample=jnp.zeros(shape, dtype),
         )
 
-    def _ddim_step(self, state, model_output, t, x, *, eta, use_clipped_model_output, noise):
+    def _ddim_step(self, state, model_output, x, *, eta, use_clipped_model_output, key, noise):
+        """The update shared by both directions; ``eta=0.0`` (a Python zero) is deterministic."""
         dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        eta_value = check_nonnegative_scalar("eta", eta)
+        stochastic = eta_value is None or eta_value > 0
+        noise = resolve_noise(stochastic, key, noise, jnp.shape(x), dtype)
         x_next, x0 = ddim_update(
             jnp.asarray(x).astype(dtype),
             jnp.asarray(model_output).astype(dtype),
@@ -186,17 +190,13 @@ class DDIMScheduler(_DDIMBase):
             ``(state, x_next)``; ``state.pred_original_sample`` holds this step's x0.
         """
         check_step_inputs(state, model_output, t, x)
-        eta_value = check_nonnegative_scalar("eta", eta)
-        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
-        stochastic = eta_value is None or eta_value > 0
-        noise = resolve_noise(stochastic, key, noise, jnp.shape(x), dtype)
         return self._ddim_step(
             state,
             model_output,
-            t,
             x,
             eta=eta,
             use_clipped_model_output=use_clipped_model_output,
+            key=key,
             noise=noise,
         )
 
@@ -233,5 +233,5 @@ class DDIMInverseScheduler(_DDIMBase):
         """One inversion step toward noise; arguments as :meth:`DDIMScheduler.step`."""
         check_step_inputs(state, model_output, t, x)
         return self._ddim_step(
-            state, model_output, t, x, eta=0.0, use_clipped_model_output=False, noise=None
+            state, model_output, x, eta=0.0, use_clipped_model_output=False, key=None, noise=None
         )
