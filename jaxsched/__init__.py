@@ -7,7 +7,13 @@ under one ``lax.scan``.
 
 from jaxsched.config import from_config, load_config
 from jaxsched.loops import invert, sample
-from jaxsched.schedulers import SCHEDULERS, DDIMInverseScheduler, DDIMScheduler, Scheduler
+from jaxsched.schedulers import (
+    SCHEDULERS,
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    Scheduler,
+)
 from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity, noise_schedule
 from jaxsched.state import SchedulerState, Thresholds
 
@@ -17,6 +23,7 @@ __all__ = [
     "SCHEDULERS",
     "DDIMInverseScheduler",
     "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
     "NoiseSchedule",
     "Scheduler",
     "SchedulerState",

@@ -99,3 +99,84 @@ def levels_at(alphas_cumprod: jax.Array, index: np.ndarray, boundary_alpha) -> j
     """``alphas_cumprod[index]``, with ``boundary_alpha`` where ``index == BOUNDARY``; ``(N,)``."""
     gathered = alphas_cumprod[np.maximum(index, 0)]
     return jnp.where(index == BOUNDARY, jnp.asarray(boundary_alpha, gathered.dtype), gathered)
+
+
+# -- sigma grids (DPM-Solver, DEIS) -------------------------------------------------------------
+#
+# These formulas take an array module ``xp``: NumPy (float64, exactly as diffusers computes its
+# grids) when the schedule is concrete, ``jax.numpy`` when it is traced (a vmap over schedules).
+
+SIGMA_SPACINGS = ("karras", "lu", "exponential", "beta", "flow")
+KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5
+BETA_SIGMAS_SHAPE = (
+    0.6  # Beta(0.6, 0.6) quantiles: Lee et al. (2024), "Beta Sampling is All You Need"
+)
+
+
+def array_module(*values):
+    """NumPy when every value is concrete, else ``jax.numpy``."""
+    return jnp if any(isinstance(v, jax.core.Tracer) for v in values) else np
+
+
+def sigma_to_t(sigma, log_sigmas, xp):
+    """Continuous training timestep of each ``sigma``: linear interpolation in ``log sigma``
+    between the two training timesteps that bracket it (clamped to ``0 .. T - 1``)."""
+    log_sigma = xp.log(xp.maximum(sigma, 1e-10))
+    count = log_sigmas.shape[0]
+    low = xp.clip(xp.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, count - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = xp.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def karras_sigmas(sigma_min, sigma_max, n: int, xp):
+    """Karras et al. (2022), eq. 5: ``rho = 7`` power-spaced sigmas, descending ``(n,)``."""
+    ramp = xp.linspace(0.0, 1.0, n)
+    lo, hi = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
+    return (hi + ramp * (lo - hi)) ** KARRAS_RHO
+
+
+def exponential_sigmas(sigma_min, sigma_max, n: int, xp):
+    """Sigmas evenly spaced in ``log sigma``, descending ``(n,)``."""
+    return xp.exp(xp.linspace(xp.log(sigma_max), xp.log(sigma_min), n))
+
+
+def beta_sigmas(sigma_min, sigma_max, n: int, xp):
+    """``sigma_min + ppf(1 - i / (n - 1)) (sigma_max - sigma_min)`` with the Beta(0.6, 0.6)
+    quantile function (Lee et al. 2024). The quantiles depend on ``n`` only; like diffusers this
+    needs scipy."""
+    try:
+        from scipy.stats import beta as beta_distribution
+    except ImportError as err:  # pragma: no cover - scipy ships with the test extra
+        raise ImportError("use_beta_sigmas needs scipy: pip install scipy") from err
+    quantiles = beta_distribution.ppf(
+        1 - np.linspace(0, 1, n), BETA_SIGMAS_SHAPE, BETA_SIGMAS_SHAPE
+    )
+    return sigma_min + xp.asarray(quantiles) * (sigma_max - sigma_min)
+
+
+def flow_sigmas(n: int, num_train_timesteps: int, shift, xp):
+    """Rectified-flow sigmas ``(n,)``, descending, shifted by ``shift * s / (1 + (shift - 1) s)``
+    (Esser et al. 2024, "Scaling Rectified Flow Transformers", eq. 23)."""
+    s = 1.0 - xp.linspace(1.0, 1.0 / num_train_timesteps, n + 1)
+    s = shift * s / (1 + (shift - 1) * s)
+    return s[::-1][:-1]
+
+
+def dpm_timesteps(
+    spacing: str, n: int, last_timestep: int, num_train_timesteps: int, steps_offset: int
+) -> np.ndarray:
+    """DPM-Solver's descending integer timesteps, ``(n,)``, below ``last_timestep``.
+
+    ``linspace`` and ``leading`` space ``n + 1`` points and drop the last (t = 0); ``trailing``
+    steps down from ``last_timestep`` by ``T / n`` (exactly ``n`` of them; see
+    :func:`spaced_timesteps` for the float-arange quirk it avoids).
+    """
+    if spacing == "linspace":
+        return np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        stride = last_timestep // (n + 1)
+        return (np.arange(n + 1) * stride)[::-1][:-1].astype(np.int64) + steps_offset
+    count = int(np.ceil(last_timestep / (num_train_timesteps / n) - 1e-9))
+    stride = (last_timestep - num_train_timesteps / n) - last_timestep
+    return np.round(last_timestep + np.arange(min(count, n)) * stride).astype(np.int64) - 1

@@ -64,6 +64,13 @@ def scaled_linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=No
     return sqrt_betas**2
 
 
+def _cosine_betas(num_train_timesteps: int) -> np.ndarray:
+    """Float64 NumPy betas of the cosine schedule (see :func:`cosine_betas`)."""
+    grid = np.arange(num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
+    alpha_bar = np.cos((grid + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * np.pi / 2) ** 2
+    return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], _COSINE_MAX_BETA)
+
+
 def cosine_betas(num_train_timesteps: int, dtype=None) -> jax.Array:
     """``(T,)`` betas of the cosine schedule, Nichol & Dhariwal (2021), eq. 17.
 
@@ -71,11 +78,54 @@ def cosine_betas(num_train_timesteps: int, dtype=None) -> jax.Array:
     ``beta_i = min(1 - abar((i + 1) / T) / abar(i / T), 0.999)``. It depends on ``T`` only, so
     it is computed once in float64 NumPy and cast, as diffusers does.
     """
-    dtype = dtype or default_float_dtype()
-    grid = np.arange(num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
-    alpha_bar = np.cos((grid + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * np.pi / 2) ** 2
-    betas = np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], _COSINE_MAX_BETA)
-    return jnp.asarray(betas, dtype)
+    return jnp.asarray(_cosine_betas(num_train_timesteps), dtype or default_float_dtype())
+
+
+def _concrete_linspace(start: float, end: float, n: int, dtype) -> np.ndarray:
+    """``(n,)`` evenly spaced values rounded as torch's ``linspace`` rounds them: in float32 the
+    step is a float32 and each value is ``start + i step`` (first half) or ``end - (n-1-i) step``
+    (second half) rounded once."""
+    dtype = np.dtype(dtype)
+    lo, hi = dtype.type(start), dtype.type(end)
+    if n == 1:
+        return np.array([lo], dtype)
+    step = dtype.type((hi - lo) / dtype.type(n - 1))
+    i = np.arange(n)
+    wide = np.float64(step)
+    values = np.where(i < n // 2, np.float64(lo) + wide * i, np.float64(hi) - wide * (n - 1 - i))
+    return values.astype(dtype)
+
+
+def _cumprod(alphas: np.ndarray) -> np.ndarray:
+    """Cumulative product accumulated in float64 (as torch does on CPU), in ``alphas``' dtype."""
+    return np.cumprod(alphas.astype(np.float64)).astype(alphas.dtype)
+
+
+def _concrete_rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    sqrt_abar = np.sqrt(_cumprod(1 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    return 1 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+
+
+def _concrete_schedule(
+    kind, beta_start, beta_end, num_train_timesteps, trained_betas, rescale, dtype
+) -> NoiseSchedule:
+    """The schedule of concrete options in NumPy, rounded exactly as diffusers builds it."""
+    dtype = np.dtype(dtype)
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, dtype)
+    elif kind == "linear":
+        betas = _concrete_linspace(beta_start, beta_end, num_train_timesteps, dtype)
+    elif kind == "scaled_linear":
+        root = _concrete_linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype)
+        betas = root**2
+    else:
+        betas = _cosine_betas(num_train_timesteps).astype(dtype)
+    if rescale:
+        betas = _concrete_rescale_zero_terminal_snr(betas)
+    return NoiseSchedule(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(_cumprod(1 - betas)))
 
 
 def rescale_zero_terminal_snr(betas: jax.Array) -> jax.Array:
@@ -113,11 +163,29 @@ def noise_schedule(
         dtype: table dtype; defaults to float32 (float64 with x64 enabled).
 
     Returns:
-        ``NoiseSchedule(betas, alphas_cumprod)``, each of shape ``(T,)``.
+        ``NoiseSchedule(betas, alphas_cumprod)``, each of shape ``(T,)``. When the options are
+        concrete (the usual case, also under ``jit``) the tables are computed in NumPy with
+        torch's rounding, so they equal diffusers' bit for bit; traced options use the same
+        formulas in JAX.
     """
     check_choice("beta_schedule", kind, BETA_SCHEDULES)
     dtype = dtype or default_float_dtype()
     check_floating_dtype("noise_schedule dtype", dtype)
+    if all(concrete_value(v) is not None for v in (beta_start, beta_end, trained_betas)):
+        if trained_betas is not None and np.shape(trained_betas) != (num_train_timesteps,):
+            raise ValueError(
+                f"trained_betas must have shape ({num_train_timesteps},) to match "
+                f"num_train_timesteps={num_train_timesteps}, got {np.shape(trained_betas)}"
+            )
+        return _concrete_schedule(
+            kind,
+            float(beta_start),
+            float(beta_end),
+            num_train_timesteps,
+            trained_betas if trained_betas is None else np.asarray(trained_betas),
+            rescale_betas_zero_snr,
+            dtype,
+        )
     if trained_betas is not None:
         betas = jnp.asarray(trained_betas, dtype)
         if betas.shape != (num_train_timesteps,):

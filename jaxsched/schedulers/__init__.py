@@ -2,9 +2,16 @@
 
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedulers.ddim import DDIMInverseScheduler, DDIMScheduler
+from jaxsched.schedulers.dpmsolver import DPMSolverMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.__name__: cls for cls in (DDIMScheduler, DDIMInverseScheduler)
+    cls.__name__: cls for cls in (DDIMScheduler, DDIMInverseScheduler, DPMSolverMultistepScheduler)
 }
 
-__all__ = ["SCHEDULERS", "DDIMInverseScheduler", "DDIMScheduler", "Scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "DDIMInverseScheduler",
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "Scheduler",
+]

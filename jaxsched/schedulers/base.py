@@ -115,6 +115,8 @@ class Scheduler:
         """The matching scheduler that walks the same grid in the other direction."""
         from jaxsched.schedulers import SCHEDULERS
 
+        if self.inverse_class_name not in SCHEDULERS:
+            raise NotImplementedError(f"{self.inverse_class_name} is not implemented yet")
         target = SCHEDULERS[self.inverse_class_name]
         names = {f.name for f in dataclasses.fields(target)}
         return target(**{k: v for k, v in self.config.items() if k in names})

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxsched.state import Thresholds
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+FLOW_PREDICTION = "flow_prediction"
 
 
 def data_and_noise(
@@ -24,6 +25,8 @@ def data_and_noise(
     - ``sample``: the model predicts ``x0``; ``eps = (x - alpha x0) / sigma``.
     - ``v_prediction``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022), so
       ``x0 = alpha x - sigma v`` and ``eps = alpha v + sigma x``.
+    - ``flow_prediction``: with ``alpha = 1 - sigma``, ``v = eps - x0`` (Lipman et al. 2023), so
+      ``x0 = x - sigma v`` and ``eps = v + x0``.
     """
     if prediction_type == "epsilon":
         return (x - sigma * model_output) / alpha, model_output
@@ -31,6 +34,9 @@ def data_and_noise(
         return model_output, noise_from_data(x, model_output, alpha, sigma)
     if prediction_type == "v_prediction":
         return alpha * x - sigma * model_output, alpha * model_output + sigma * x
+    if prediction_type == FLOW_PREDICTION:
+        x0 = x - sigma * model_output
+        return x0, model_output + x0
     raise ValueError(
         f"prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}"
     )

@@ -1,0 +1,405 @@
+"""``DPMSolverMultistepScheduler``: diffusers' options, table-driven orders, one fused step."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsched._checks import (
+    OptionTypeError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    concrete_value,
+)
+from jaxsched.grids import (
+    TIMESTEP_SPACINGS,
+    array_module,
+    beta_sigmas,
+    dpm_timesteps,
+    exponential_sigmas,
+    flow_sigmas,
+    karras_sigmas,
+    sigma_to_t,
+)
+from jaxsched.schedulers.base import (
+    Scheduler,
+    advance,
+    check_init_dtype,
+    check_step_inputs,
+    current_row,
+    resolve_noise,
+)
+from jaxsched.schedules import NoiseSchedule, compute_dtype
+from jaxsched.solvers.dpmsolver import (
+    ALGORITHM_TYPES,
+    SOLVER_TYPES,
+    DPMCoefficients,
+    effective_order,
+    multistep_update,
+    step_weights,
+)
+from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
+from jaxsched.state import SchedulerState, Thresholds
+
+DPM_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+VARIANCE_TYPES = (None, "learned", "learned_range")
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+# diffusers' DPM-Solver clamps a zero terminal alphas_cumprod to this value.
+ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
+# Below this many steps, lower_order_final also lowers the last two steps (diffusers).
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _sigma_spacing(sched) -> str | None:
+    """The sigma spacing diffusers applies, in its order of precedence."""
+    for flag, name in (
+        ("use_karras_sigmas", "karras"),
+        ("use_lu_lambdas", "lu"),
+        ("use_exponential_sigmas", "exponential"),
+        ("use_beta_sigmas", "beta"),
+        ("use_flow_sigmas", "flow"),
+    ):
+        if getattr(sched, flag):
+            return name
+    return None
+
+
+def step_orders(
+    solver_order: int,
+    num_steps: int,
+    *,
+    lower_order_final: bool,
+    euler_at_final: bool,
+    final_sigmas_type: str,
+) -> np.ndarray:
+    """The order diffusers uses at each step, ``(N,)``: warm-up (step ``i`` has at most
+    ``i + 1``), then ``euler_at_final`` / ``lower_order_final`` / a zero final sigma lower the
+    last step to 1, and ``lower_order_final`` below 15 steps the second-to-last to 2."""
+    short = lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW
+    orders = np.minimum(np.arange(num_steps) + 1, solver_order)
+    if num_steps >= 2 and short:
+        orders[-2] = min(orders[-2], 2)
+    if euler_at_final or short or final_sigmas_type == "zero":
+        orders[-1] = 1
+    return orders.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolverMultistepScheduler(Scheduler):
+    """DPM-Solver / DPM-Solver++ multistep sampling, diffusers' ``DPMSolverMultistepScheduler``.
+
+    All per-step work is done at ``init``: the sigma grid, every step's update weights and the
+    order used at each step (warm-up, ``lower_order_final``, ``euler_at_final``). A step gathers
+    one row and does one fused multiply-add over ``(x, m0, m1, m2, z)``.
+    """
+
+    solver_order: int = 2
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    algorithm_type: str = "dpmsolver++"
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True
+    euler_at_final: bool = False
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    use_lu_lambdas: bool = False
+    use_flow_sigmas: bool = False
+    flow_shift: float = 1.0
+    final_sigmas_type: str = "zero"
+    lambda_min_clipped: float = -math.inf
+    variance_type: str | None = None
+    timestep_spacing: str = "linspace"
+    steps_offset: int = 0
+    use_dynamic_shifting: bool = False
+    time_shift_type: str = "exponential"
+
+    inverse_class_name: ClassVar[str] = "DPMSolverMultistepInverseScheduler"
+
+    def __post_init__(self) -> None:
+        # diffusers maps DEIS / UniPC settings onto their DPM-Solver counterparts.
+        if self.algorithm_type == "deis":
+            object.__setattr__(self, "algorithm_type", "dpmsolver++")
+        if self.solver_type in ("logrho", "bh1", "bh2"):
+            object.__setattr__(self, "solver_type", "midpoint")
+        super().__post_init__()
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_int("solver_order", self.solver_order)
+        check_choice("solver_order", self.solver_order, (1, 2, 3))
+        check_choice("prediction_type", self.prediction_type, DPM_PREDICTION_TYPES)
+        check_bool("thresholding", self.thresholding)
+        check_float("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio, low=0, high=1)
+        check_float("sample_max_value", self.sample_max_value, low=0.0, low_open=True)
+        check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES)
+        check_choice("solver_type", self.solver_type, SOLVER_TYPES)
+        for flag in (
+            "lower_order_final",
+            "euler_at_final",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_lu_lambdas",
+            "use_flow_sigmas",
+            "use_dynamic_shifting",
+        ):
+            check_bool(flag, getattr(self, flag))
+        if self.use_karras_sigmas + self.use_exponential_sigmas + self.use_beta_sigmas > 1:
+            raise ValueError(
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
+            )
+        check_float("flow_shift", self.flow_shift, low=0.0, low_open=True)
+        check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        if isinstance(self.lambda_min_clipped, bool) or not isinstance(
+            self.lambda_min_clipped, (int, float)
+        ):
+            raise OptionTypeError(
+                f"lambda_min_clipped must be a number, got {self.lambda_min_clipped!r}"
+            )
+        check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
+        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        check_int("steps_offset", self.steps_offset, minimum=0)
+        check_choice("time_shift_type", self.time_shift_type, ("exponential",))
+        noise_form = not self.algorithm_type.endswith("++")
+        if noise_form and self.final_sigmas_type == "zero":
+            raise ValueError(
+                f"final_sigmas_type='zero' is not supported with algorithm_type="
+                f"{self.algorithm_type!r}; use final_sigmas_type='sigma_min'"
+            )
+        if noise_form and self.prediction_type == "flow_prediction":
+            raise ValueError(
+                f"prediction_type='flow_prediction' needs a data-prediction algorithm "
+                f"('dpmsolver++' or 'sde-dpmsolver++'), got {self.algorithm_type!r}"
+            )
+
+    # -- init ---------------------------------------------------------------------------------
+
+    def _schedule_for_grid(self, schedule: NoiseSchedule | None) -> NoiseSchedule:
+        """The run's schedule; diffusers clamps a zero terminal level to ``2**-24``."""
+        if schedule is None:
+            with jax.ensure_compile_time_eval():
+                schedule = self.noise_schedule()
+        else:
+            schedule = self.noise_schedule(schedule)
+        if not self.rescale_betas_zero_snr:
+            return schedule
+        abar = schedule.alphas_cumprod
+        return schedule._replace(alphas_cumprod=abar.at[-1].set(ZERO_SNR_ALPHA_CUMPROD))
+
+    def _last_timestep(self, lambdas, xp) -> int:
+        """One past the noisiest timestep whose lambda is >= ``lambda_min_clipped``."""
+        if self.lambda_min_clipped == -math.inf:
+            return self.num_train_timesteps
+        clipped = xp.searchsorted(lambdas[::-1], self.lambda_min_clipped)
+        value = concrete_value(clipped)
+        if value is None:
+            raise ValueError(
+                "a finite lambda_min_clipped needs a concrete noise schedule (its clipped "
+                "timestep fixes the grid); build the schedule outside jit/vmap"
+            )
+        return self.num_train_timesteps - int(value)
+
+    def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
+        """``(timesteps (N,) int, sigmas (N + 1,))`` as diffusers' ``set_timesteps`` builds them.
+
+        ``sigmas`` are ``sqrt((1 - a) / a)`` (flow sigmas in ``[0, 1]`` with
+        ``use_flow_sigmas``), the last one the final sigma.
+        """
+        abar = schedule.alphas_cumprod
+        xp = array_module(abar, flow_shift)
+        abar = xp.asarray(abar) if xp is jnp else np.asarray(abar)
+        train_sigmas = ((1 - abar) / abar) ** 0.5
+        log_sigmas = xp.log(train_sigmas)
+        spacing = _sigma_spacing(self)
+        n = num_inference_steps
+        if timesteps is not None:
+            ts = np.asarray(timesteps).astype(np.int64)
+        else:
+            lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
+            last = self._last_timestep(lambdas, xp)
+            ts = dpm_timesteps(
+                self.timestep_spacing, n, last, self.num_train_timesteps, self.steps_offset
+            )
+        lo, hi = train_sigmas[0], train_sigmas[-1]
+        if xp is np:  # diffusers takes the ends as Python floats: the spacing is float64
+            lo, hi = float(lo), float(hi)
+        cosine = self.beta_schedule == "squaredcos_cap_v2"
+        if spacing in ("karras", "lu"):
+            sigmas = (
+                karras_sigmas(lo, hi, n, xp)
+                if spacing == "karras"
+                else exponential_sigmas(lo, hi, n, xp)
+            )
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
+            ts = ts if cosine else xp.round(ts)
+        elif spacing in ("exponential", "beta"):
+            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
+            sigmas = make(lo, hi, n, xp)
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
+        elif spacing == "flow":
+            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)
+            ts = sigmas * self.num_train_timesteps
+        else:
+            sigmas = xp.interp(
+                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
+            )
+        final = train_sigmas[0] if self.final_sigmas_type == "sigma_min" else 0.0
+        table_dtype = schedule.alphas_cumprod.dtype
+        sigmas = xp.concatenate([sigmas, xp.asarray([final], sigmas.dtype)])
+        return (
+            jnp.asarray(jnp.asarray(ts).astype(jnp.int32) if xp is jnp else ts.astype(np.int32)),
+            jnp.asarray(np.asarray(sigmas, np.float32) if xp is np else sigmas, table_dtype),
+        )
+
+    def _levels(self, sigmas: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(alpha, sigma)`` of each grid sigma: VP ``1 / sqrt(1 + s^2)``, or flow ``1 - s``."""
+        if self.use_flow_sigmas:
+            return 1.0 - sigmas, sigmas
+        alpha = 1.0 / jnp.sqrt(sigmas**2 + 1.0)
+        return alpha, sigmas * alpha
+
+    def coefficients(self, sigmas: jax.Array) -> DPMCoefficients:
+        """Every step's tables from the ``(N + 1,)`` sigma grid."""
+        n = sigmas.shape[0] - 1
+        alpha, sigma = self._levels(sigmas)
+        # diffusers converts flow predictions with the raw grid sigma, flow sigmas or not.
+        flow = self.prediction_type == "flow_prediction"
+        convert_alpha, convert_sigma = (1.0 - sigmas, sigmas) if flow else (alpha, sigma)
+        lam = jnp.log(alpha) - jnp.log(sigma)
+        # lambda at t, s0, s1, s2 for each step; before the first step the history repeats s0.
+        s0 = lam[:n]
+        s1 = jnp.concatenate([s0[:1], s0[:-1]])
+        s2 = jnp.concatenate([s1[:1], s1[:-1]])
+        lambdas = (lam[1:], s0, s1, s2)
+        nominal = step_orders(
+            self.solver_order,
+            n,
+            lower_order_final=self.lower_order_final,
+            euler_at_final=self.euler_at_final,
+            final_sigmas_type=self.final_sigmas_type,
+        )
+        order = effective_order(jnp.asarray(nominal), lambdas)
+        weights = step_weights(
+            self.algorithm_type,
+            self.solver_type,
+            (alpha[:n], alpha[1:]),
+            (sigma[:n], sigma[1:]),
+            lambdas,
+            order,
+        )
+        return DPMCoefficients(
+            alpha=convert_alpha[:n], sigma=convert_sigma[:n], weights=weights, order=order
+        )
+
+    def init(
+        self,
+        num_inference_steps: int | None,
+        shape: tuple[int, ...],
+        dtype=None,
+        schedule: NoiseSchedule | None = None,
+        *,
+        timesteps=None,
+        mu=None,
+    ) -> SchedulerState:
+        """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
+
+        Args:
+            num_inference_steps: ``N``; ``None`` when ``timesteps`` are given.
+            shape, dtype: of the samples (dtype defaults to float32, float64 with x64).
+            schedule: replaces the config's betas (may be traced).
+            timesteps: custom descending integer timesteps (not with a sigma spacing).
+            mu: with ``use_dynamic_shifting``, the flow shift is ``exp(mu)`` (may be traced).
+        """
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        if timesteps is not None:
+            spacing = _sigma_spacing(self)
+            if spacing not in (None, "flow"):
+                raise ValueError(f"custom timesteps cannot be used with {spacing} sigmas")
+            num_inference_steps = len(timesteps)
+        else:
+            self.check_num_inference_steps(num_inference_steps)
+        if mu is not None and not self.use_dynamic_shifting:
+            raise ValueError("mu is only used with use_dynamic_shifting=True")
+        dtype = check_init_dtype(dtype)
+        schedule = self._schedule_for_grid(schedule)
+        flow_shift = self.flow_shift if mu is None else jnp.exp(mu)
+        ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
+        table_dtype = schedule.alphas_cumprod.dtype
+        history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))
+        return SchedulerState(
+            timesteps=ts,
+            step_index=jnp.zeros((), jnp.int32),
+            coefficients=self.coefficients(sigmas),
+            schedule=schedule,
+            thresholds=Thresholds(
+                clip_sample_range=jnp.asarray(1.0, table_dtype),
+                dynamic_thresholding_ratio=jnp.asarray(
+                    self.dynamic_thresholding_ratio, table_dtype
+                ),
+                sample_max_value=jnp.asarray(self.sample_max_value, table_dtype),
+            ),
+            pred_original_sample=jnp.zeros(shape, dtype),
+            history=history,
+        )
+
+    # -- step ---------------------------------------------------------------------------------
+
+    def convert_model_output(self, state: SchedulerState, model_output, x):
+        """``(target, x0)``: the model output as the solver's variable (x0 for ``++``, eps for
+        noise-form algorithms) after thresholding, and the x0 prediction."""
+        row = current_row((state.coefficients.alpha, state.coefficients.sigma), state.step_index)
+        alpha, sigma = row
+        x0, eps = data_and_noise(self.prediction_type, model_output, x, alpha, sigma)
+        if self.thresholding:
+            t = state.thresholds
+            x0 = dynamic_threshold(x0, t.dynamic_thresholding_ratio, t.sample_max_value)
+            eps = noise_from_data(x, x0, alpha, sigma)
+        return (x0 if self.algorithm_type.endswith("++") else eps), x0
+
+    def step(
+        self,
+        state: SchedulerState,
+        model_output: jax.Array,
+        t,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        noise: jax.Array | None = None,
+    ) -> tuple[SchedulerState, jax.Array]:
+        """One multistep DPM-Solver step; ``key``/``noise`` drive the SDE variants.
+
+        With ``variance_type`` set and epsilon prediction, the model output may carry the
+        predicted variance as extra channels; the first ``x.shape[1]`` channels are used.
+        """
+        if self.variance_type is not None and self.prediction_type == "epsilon":
+            model_output = model_output[:, : jnp.shape(x)[1]]
+        check_step_inputs(state, model_output, t, x)
+        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        noise = resolve_noise(
+            self.algorithm_type.startswith("sde"), key, noise, jnp.shape(x), dtype
+        )
+        x_c = jnp.asarray(x).astype(dtype)
+        target, x0 = self.convert_model_output(state, jnp.asarray(model_output).astype(dtype), x_c)
+        history = tuple(m.astype(dtype) for m in state.history)
+        weights = current_row(state.coefficients.weights, state.step_index)
+        x_next = multistep_update(x_c, target, history, weights, noise)
+        new_history = (target, *history[:-1])[: len(history)]
+        new_history = tuple(
+            m.astype(h.dtype) for m, h in zip(new_history, state.history, strict=True)
+        )
+        return advance(state, x0, history=new_history), x_next.astype(jnp.result_type(x))
+
+    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
+        """DPM-Solver needs no input scaling; returns ``x``."""
+        return x

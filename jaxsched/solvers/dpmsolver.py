@@ -1,0 +1,171 @@
+"""DPM-Solver family: multistep exponential integrators in lambda = log(alpha / sigma).
+
+Lu et al. (2022), "DPM-Solver" (noise form, ``dpmsolver``) and "DPM-Solver++" (data form,
+``dpmsolver++``), with their SDE variants. A step from ``s0`` to ``t`` (``h = lambda_t -
+lambda_s0``) with converted model outputs ``m0, m1, m2`` at ``s0, s1, s2`` is
+
+    x_t = a x_s0 + k0 D0 + k1 D1 + k2 D2 + c z
+
+with ``D0 = m0`` and the divided differences ``D1, D2`` of DPM-Solver++ (2023), eq. 8 and
+Appendix B. Every term is linear in ``(x, m0, m1, m2, z)``, so each order's ``k``'s are folded
+into per-step weights ``x_t = a x + b0 m0 + b1 m1 + b2 m2 + c z``, computed once at ``init``:
+order selection is table values, and a step is one fused expression.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+class StepWeights(NamedTuple):
+    """``x_t = a x + b0 m0 + b1 m1 + b2 m2 + c z`` for one or many steps (arrays alike)."""
+
+    a: jax.Array
+    b0: jax.Array
+    b1: jax.Array
+    b2: jax.Array
+    c: jax.Array
+
+
+class DPMCoefficients(NamedTuple):
+    """Per-step DPM-Solver tables, each ``(N,)``, built at ``init``.
+
+    Attributes:
+        alpha, sigma: scales of the level each step starts from (``x = alpha x0 + sigma eps``).
+        weights: the update weights of the order used at that step.
+        order: the order used at each step (int32), after warm-up and final-step rules.
+    """
+
+    alpha: jax.Array
+    sigma: jax.Array
+    weights: StepWeights
+    order: jax.Array
+
+
+def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h):
+    """``(k0, k1_order2, k1_order3, k2)`` of the data-prediction (``++``) solvers.
+
+    ODE: the integrals of ``e^{-u}`` against ``1, ((h-u)/h), ((h-u)/h)^2 / 2`` over ``[0, h]``;
+    the SDE variant integrates ``2 e^{-2u}`` instead (DPM-Solver++, Appendix B).
+    """
+    sde = algorithm_type.startswith("sde")
+    em1 = jnp.expm1(-2.0 * h) if sde else jnp.expm1(-h)  # e^{-h} - 1, or e^{-2h} - 1
+    scale = 2.0 * h if sde else h
+    k0 = -alpha_t * em1
+    heun = alpha_t * (em1 / scale + 1.0)
+    k1_second = heun if solver_type == "heun" else 0.5 * k0
+    # The SDE D2 weight reproduces diffusers' "- 0.5"; the exact integral of 2 e^{-2u} against
+    # ((h-u)/h)^2 / 2 has "+ 0.5" (diffusers' weight tends to -1 instead of h/3 as h -> 0).
+    k2 = alpha_t * ((-em1 - scale) / scale**2 - 0.5) if sde else -alpha_t * ((em1 + h) / h**2 - 0.5)
+    return k0, k1_second, heun, k2
+
+
+def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, h):
+    """``(k0, k1_order2, k1_order3, k2)`` of the noise-prediction solvers.
+
+    ODE: integrals of ``e^{u}`` against ``1, ((h-u)/h), ((h-u)/h)^2 / 2``; the SDE variant has
+    twice the ODE weights (DPM-Solver++, Appendix B, "SDE-DPM-Solver").
+    """
+    factor = 2.0 if algorithm_type.startswith("sde") else 1.0
+    em1 = jnp.expm1(h)
+    k0 = -factor * sigma_t * em1
+    heun = -factor * sigma_t * (em1 / h - 1.0)
+    k1_second = heun if solver_type == "heun" else 0.5 * k0
+    k2 = -factor * sigma_t * ((em1 - h) / h**2 - 0.5)
+    return k0, k1_second, heun, k2
+
+
+def sample_and_noise_weights(algorithm_type: str, alpha_s, sigma_s, alpha_t, sigma_t, h):
+    """``(a, c)``: the weight of ``x_s`` and of the Gaussian noise ``z`` (0 for ODE solvers)."""
+    if algorithm_type == "dpmsolver++":
+        return sigma_t / sigma_s, jnp.zeros_like(h)
+    if algorithm_type == "dpmsolver":
+        return alpha_t / alpha_s, jnp.zeros_like(h)
+    if algorithm_type == "sde-dpmsolver++":
+        return sigma_t / sigma_s * jnp.exp(-h), sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * h))
+    return alpha_t / alpha_s, sigma_t * jnp.sqrt(jnp.expm1(2.0 * h))
+
+
+def step_weights(
+    algorithm_type: str,
+    solver_type: str,
+    alphas: tuple[jax.Array, jax.Array],
+    sigmas: tuple[jax.Array, jax.Array],
+    lambdas: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    order: jax.Array,
+) -> StepWeights:
+    """Weights of every step (all arguments ``(N,)``; ``order`` in 1..3).
+
+    ``alphas``/``sigmas`` are ``(at s0, at t)``; ``lambdas`` are ``(t, s0, s1, s2)``. Orders fold
+    the divided differences into the model-output weights:
+    ``D1 = (m0 - m1) / r0`` (order 2) and, for order 3, ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 -
+    D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)`` with ``r0 = h0 / h``, ``r1 = h1 / h``.
+    A zero-length step (``h = 0``) is an exact no-op: ``a = 1`` and every other weight 0.
+    """
+    (alpha_s, alpha_t), (sigma_s, sigma_t) = alphas, sigmas
+    lambda_t, lambda_s0, lambda_s1, lambda_s2 = lambdas
+    h = lambda_t - lambda_s0
+    moving = h != 0
+    safe_h = jnp.where(moving, h, 1.0)
+    a, c = sample_and_noise_weights(algorithm_type, alpha_s, sigma_s, alpha_t, sigma_t, safe_h)
+    if algorithm_type.endswith("++"):
+        k0, k1_second, k1_third, k2 = _data_form_terms(algorithm_type, solver_type, alpha_t, safe_h)
+    else:
+        k0, k1_second, k1_third, k2 = _noise_form_terms(
+            algorithm_type, solver_type, sigma_t, safe_h
+        )
+    r0 = (lambda_s0 - lambda_s1) / safe_h
+    r1 = (lambda_s1 - lambda_s2) / safe_h
+    # Divided differences need distinct history points; orders that would divide by 0 are
+    # never selected (see effective_order), so guard the divisions only.
+    inv_r0 = jnp.where(order >= 2, 1.0 / jnp.where(r0 != 0, r0, 1.0), 0.0)
+    inv_r1 = jnp.where(order >= 3, 1.0 / jnp.where(r1 != 0, r1, 1.0), 0.0)
+    inv_sum = jnp.where(order >= 3, 1.0 / jnp.where(r0 + r1 != 0, r0 + r1, 1.0), 0.0)
+    # Order 3: weights of D1_0 and D1_1.
+    g0 = k1_third * (1.0 + r0 * inv_sum) + k2 * inv_sum
+    g1 = -k1_third * r0 * inv_sum - k2 * inv_sum
+    second = order == 2
+    third = order == 3
+    g0 = jnp.where(third, g0, jnp.where(second, k1_second, 0.0))
+    g1 = jnp.where(third, g1, 0.0)
+    b0 = k0 + g0 * inv_r0
+    b1 = -g0 * inv_r0 + g1 * inv_r1
+    b2 = -g1 * inv_r1
+    zero = jnp.zeros_like(h)
+    return StepWeights(
+        a=jnp.where(moving, a, 1.0),
+        b0=jnp.where(moving, b0, zero),
+        b1=jnp.where(moving, b1, zero),
+        b2=jnp.where(moving, b2, zero),
+        c=jnp.where(moving, c, zero),
+    )
+
+
+def effective_order(nominal: jax.Array, lambdas: tuple[jax.Array, ...]) -> jax.Array:
+    """Lower the order where the history points coincide (a divided difference over a zero
+    interval is undefined): ``h0 = 0`` -> order 1, ``h1 = 0`` -> at most order 2."""
+    _, lambda_s0, lambda_s1, lambda_s2 = lambdas
+    order = jnp.where(lambda_s0 == lambda_s1, jnp.minimum(nominal, 1), nominal)
+    return jnp.where(lambda_s1 == lambda_s2, jnp.minimum(order, 2), order)
+
+
+def multistep_update(
+    x: jax.Array,
+    m0: jax.Array,
+    history: tuple[jax.Array, ...],
+    weights: StepWeights,
+    noise: jax.Array | None,
+) -> jax.Array:
+    """``a x + b0 m0 + b1 m1 + b2 m2 + c z`` for one step (scalar weights)."""
+    out = weights.a * x + weights.b0 * m0
+    for weight, m in zip((weights.b1, weights.b2), history, strict=False):
+        out = out + weight * m
+    if noise is not None:
+        out = out + weights.c * noise
+    return out
