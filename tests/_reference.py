@@ -136,3 +136,63 @@ def run_side_by_side(
             np.asarray(state.pred_original_sample),
             out_ref.pred_original_sample.numpy(),
         )
+
+
+def run_dpm_side_by_side(
+    config: dict, num_inference_steps: int, *, seed: int = 0, steps: int | None = None
+):
+    """Yield ``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each DPMSolverMultistepScheduler
+    step: the samples and the converted model outputs (the solver's x0 or eps; ``None`` for a
+    first-order noise-form solver, which keeps no history), as float32 NumPy, and the signal
+    scale ``alpha`` of the level the step started from.
+
+    Both get the same start, perturbations and SDE noise; each feeds the model its own sample.
+    diffusers runs its updates in float32 whatever the sample dtype, so this is float32 only.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**config)
+        ref.set_timesteps(num_inference_steps)
+        sched = jaxsched.from_config(dict(ref.config), cls="DPMSolverMultistepScheduler")
+    state = sched.init(num_inference_steps, SHAPE)
+    n = len(state.timesteps)
+    np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy()[:n])
+    rng = np.random.default_rng(seed)
+    x_start = rng.standard_normal(SHAPE).astype(np.float32)
+    x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
+    abar = ref.alphas_cumprod.numpy()
+    sde = sched.algorithm_type.startswith("sde")
+    pred = sched.prediction_type
+    step = jax.jit(sched.step)
+    for i in range(n if steps is None else steps):
+        t = int(ref.timesteps[i])
+        perturbation = 0.1 * rng.standard_normal(SHAPE).astype(np.float32)
+        z = rng.standard_normal(SHAPE).astype(np.float32)
+
+        def model(x, perturbation=perturbation, t=t):
+            if pred == "flow_prediction":  # v = eps - x0 for N(0, DATA_STD^2) data, roughly
+                return (-0.5 * x + perturbation).astype(np.float32)
+            return model_output(pred, x, abar[t], perturbation)
+
+        ref_out = ref.step(
+            torch.from_numpy(model(x_ref.numpy())),
+            ref.timesteps[i],
+            x_ref,
+            **({"variance_noise": torch.from_numpy(z)} if sde else {}),
+        )
+        state, x_ours = step(
+            state,
+            jnp.asarray(model(np.asarray(x_ours))),
+            state.timesteps[i],
+            x_ours,
+            **({"noise": jnp.asarray(z)} if sde else {}),
+        )
+        x_ref = ref_out.prev_sample
+        if state.history:
+            ours_m = np.asarray(state.history[0])
+        elif sched.algorithm_type.endswith("++"):
+            ours_m = np.asarray(state.pred_original_sample)
+        else:
+            ours_m = None
+        alpha = float(state.coefficients.alpha[i])
+        yield i, np.asarray(x_ours), x_ref.numpy(), ours_m, ref.model_outputs[-1].numpy(), alpha

@@ -333,7 +333,13 @@ class DPMSolverMultistepScheduler(Scheduler):
             raise ValueError("mu is only used with use_dynamic_shifting=True")
         dtype = check_init_dtype(dtype)
         schedule = self._schedule_for_grid(schedule)
-        flow_shift = self.flow_shift if mu is None else jnp.exp(mu)
+        mu_value = concrete_value(mu)
+        if mu is None:
+            flow_shift = self.flow_shift
+        elif mu_value is not None:
+            flow_shift = math.exp(float(mu_value))  # float64, as diffusers' np.exp(mu)
+        else:
+            flow_shift = jnp.exp(mu)
         ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
         table_dtype = schedule.alphas_cumprod.dtype
         history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))

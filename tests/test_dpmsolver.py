@@ -1,0 +1,380 @@
+"""DPMSolverMultistepScheduler: parity with diffusers, order tables, diffusers' failure cases,
+transforms.
+
+Tolerance (float32; diffusers casts every update to float32): rtol = atol = 5e-5. The tables
+are bitwise equal to diffusers' (tests/test_schedules.py); the steps differ in rounding, since
+jaxsched folds every order into one weighted sum and torch's float32 sqrt is not correctly
+rounded. Differences grow slowly with the step count: ~1e-6 at 25 steps, ~3e-5 at 200 (order 3).
+Converted outputs ``x0 = (x - sigma m) / alpha`` amplify sample differences by ``1 / alpha``, so
+their tolerance is ``TOL / alpha`` (the cosine schedule's first levels have alpha ~ 0.01).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import chex
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from _reference import SHAPE, run_dpm_side_by_side
+
+import jaxsched
+
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+MIN = {"final_sigmas_type": "sigma_min"}
+NOISE = {"algorithm_type": "dpmsolver", **MIN}
+SDE_NOISE = {"algorithm_type": "sde-dpmsolver", **MIN}
+TOL = 5e-5
+
+CASES = [
+    ({}, 20),
+    ({}, 1),
+    ({}, 2),
+    ({"solver_order": 1}, 10),
+    ({"solver_order": 3}, 25),
+    ({"solver_order": 3}, 200),
+    ({**SD}, 25),
+    ({**SD, "solver_order": 3}, 50),
+    ({"solver_type": "heun"}, 20),
+    ({"solver_type": "heun", "solver_order": 3}, 50),
+    ({**NOISE}, 20),
+    ({**NOISE, "solver_order": 3}, 30),
+    ({**NOISE, "solver_type": "heun"}, 20),
+    ({**NOISE, "solver_order": 1}, 7),
+    ({"algorithm_type": "sde-dpmsolver++"}, 20),
+    ({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}, 20),
+    ({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, 20),
+    ({"algorithm_type": "sde-dpmsolver++", "solver_order": 1, **SD}, 15),
+    ({**SDE_NOISE}, 20),
+    ({**SDE_NOISE, "solver_type": "heun"}, 20),
+    ({"use_karras_sigmas": True, **SD}, 25),
+    ({"use_karras_sigmas": True, "solver_order": 3}, 10),
+    ({"use_karras_sigmas": True, **MIN}, 12),
+    ({"use_exponential_sigmas": True}, 25),
+    ({"use_exponential_sigmas": True, **SD, "solver_type": "heun"}, 30),
+    ({"use_beta_sigmas": True}, 25),
+    ({"use_beta_sigmas": True, **NOISE}, 18),
+    ({"use_lu_lambdas": True}, 30),
+    ({"use_lu_lambdas": True, **SD, **MIN}, 14),
+    ({"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}, 20),
+    ({"use_flow_sigmas": True, "prediction_type": "flow_prediction", "solver_order": 3}, 28),
+    ({"prediction_type": "flow_prediction"}, 10),
+    ({"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, 25),
+    ({"prediction_type": "v_prediction", **NOISE}, 20),
+    ({"prediction_type": "sample", "timestep_spacing": "leading", "steps_offset": 1}, 25),
+    ({"prediction_type": "sample", **NOISE, "solver_order": 3}, 16),
+    ({"thresholding": True, "sample_max_value": 1.5, "prediction_type": "sample"}, 20),
+    ({"thresholding": True, **NOISE, "dynamic_thresholding_ratio": 0.9}, 20),
+    ({"thresholding": True, "algorithm_type": "sde-dpmsolver++"}, 12),
+    ({"lambda_min_clipped": -5.1, "beta_schedule": "squaredcos_cap_v2"}, 25),
+    ({"lambda_min_clipped": -3.0, "timestep_spacing": "leading"}, 20),
+    (
+        {
+            "rescale_betas_zero_snr": True,
+            "prediction_type": "v_prediction",
+            "timestep_spacing": "trailing",
+        },
+        25,
+    ),
+    ({"euler_at_final": True}, 20),
+    ({"euler_at_final": True, "solver_order": 3, **MIN}, 20),
+    ({"lower_order_final": False}, 10),
+    ({"lower_order_final": False, "solver_order": 3, **MIN}, 8),
+    ({**MIN}, 20),
+    ({"timestep_spacing": "trailing"}, 60),
+    ({"beta_schedule": "squaredcos_cap_v2", "solver_order": 3}, 40),
+    ({"trained_betas": list(np.linspace(2e-4, 0.03, 1000) ** 1.1)}, 20),
+    ({"num_train_timesteps": 500, "timestep_spacing": "leading"}, 33),
+    ({"variance_type": "learned_range"}, 10),
+]
+
+
+def _case_id(case) -> str:
+    config, n = case
+    opts = ",".join(
+        f"{k}={v}"
+        for k, v in config.items()
+        if k not in ("trained_betas", "beta_start", "beta_end")
+    )
+    return f"{n}-{opts or 'default'}{'-trained' if 'trained_betas' in config else ''}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_every_step_matches_diffusers(case):
+    config, n = case
+    checked = 0
+    for i, x, x_ref, m, m_ref, alpha in run_dpm_side_by_side(config, n):
+        assert np.isfinite(x).all()
+        np.testing.assert_allclose(x, x_ref, rtol=TOL, atol=TOL, err_msg=f"sample, step {i}")
+        if m is not None:
+            tol = TOL / min(abs(alpha), 1.0)
+            np.testing.assert_allclose(m, m_ref, rtol=tol, atol=tol, err_msg=f"converted, {i}")
+        checked += 1
+    assert checked == n
+
+
+def test_trailing_spurious_step_is_dropped():
+    """N=61 trailing: diffusers has 62 timesteps, the last -1 (an invalid model timestep);
+    jaxsched has the 61 asked for and its first 60 steps equal diffusers' (the 61st ends at the
+    final sigma instead of detouring through t = -1)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing")
+    ref.set_timesteps(61)
+    assert len(ref.timesteps) == 62 and int(ref.timesteps[-1]) == -1
+    state = jaxsched.DPMSolverMultistepScheduler(timestep_spacing="trailing").init(61, SHAPE)
+    assert state.num_inference_steps == 61
+    for i, x, x_ref, *_ in run_dpm_side_by_side({"timestep_spacing": "trailing"}, 61, steps=60):
+        np.testing.assert_allclose(x, x_ref, rtol=TOL, atol=TOL, err_msg=f"sample, step {i}")
+
+
+def test_case_matrix_covers_every_option():
+    assert len(CASES) >= 50
+    options = set().union(*(c[0] for c in CASES))
+    fields = set(jaxsched.DPMSolverMultistepScheduler().config)
+    untested = fields - options
+    # mu / dynamic shifting and time_shift_type are tested below; the beta range everywhere.
+    assert untested <= {"use_dynamic_shifting", "time_shift_type", "num_train_timesteps"} | (
+        {"beta_start", "beta_end"} - options
+    ), untested
+
+
+def _diffusers_orders(config: dict, n: int) -> list[int]:
+    """The update diffusers actually calls at each step (instrumented)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**config)
+    ref.set_timesteps(n)
+    called = []
+    for order, name in enumerate(
+        (
+            "dpm_solver_first_order_update",
+            "multistep_dpm_solver_second_order_update",
+            "multistep_dpm_solver_third_order_update",
+        ),
+        start=1,
+    ):
+        original = getattr(ref, name)
+
+        def record(*args, _order=order, _original=original, **kwargs):
+            called.append(_order)
+            return _original(*args, **kwargs)
+
+        setattr(ref, name, record)
+    x = torch.zeros(1, 1)
+    for t in ref.timesteps:
+        ref.step(0.1 * torch.ones(1, 1), t, x, variance_noise=torch.zeros(1, 1))
+    return called
+
+
+@pytest.mark.parametrize("solver_order", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 14, 15, 30])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"lower_order_final": False},
+        {"euler_at_final": True},
+        {**MIN},
+        {"lower_order_final": False, **MIN},
+    ],
+    ids=["default", "no-lower-final", "euler-final", "sigma-min", "no-lower-final-sigma-min"],
+)
+def test_order_table_matches_diffusers(solver_order, n, flags):
+    config = {"solver_order": solver_order, **flags}
+    state = jaxsched.DPMSolverMultistepScheduler(**config).init(n, (1, 1))
+    np.testing.assert_array_equal(state.coefficients.order, _diffusers_orders(config, n))
+
+
+# -- where diffusers fails ---------------------------------------------------------------------
+
+
+def _run(sched, n, key=0, x_shape=SHAPE):
+    state = sched.init(n, x_shape)
+    x = jax.random.normal(jax.random.key(key), x_shape)
+    stochastic = sched.algorithm_type.startswith("sde")
+    kwargs = {"key": jax.random.key(key + 1)} if stochastic else {}
+    return jaxsched.sample(sched, state, lambda x, t: 0.5 * x, x, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "spacing", ["use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas"]
+)
+def test_zero_length_last_step_is_a_no_op_not_nan(spacing):
+    """DPM++ 3M with sigma_min final sigma: the last step has h = 0; diffusers returns NaN."""
+    config = {spacing: True, "solver_order": 3, **MIN}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**config)
+    ref.set_timesteps(20)
+    x = torch.ones(1, 2)
+    for t in ref.timesteps:
+        x = ref.step(0.5 * x, t, x).prev_sample
+    assert torch.isnan(x).all()
+    sched = jaxsched.DPMSolverMultistepScheduler(**config)
+    state = sched.init(20, (1, 2))
+    assert float(state.coefficients.weights.a[-1]) == 1.0  # the zero-length step is the identity
+    assert float(jnp.abs(state.coefficients.weights.b0[-1])) == 0.0
+    assert bool(jnp.isfinite(_run(sched, 20, x_shape=(1, 2))).all())
+
+
+@pytest.mark.parametrize("spacing", ["use_karras_sigmas", "use_exponential_sigmas"])
+def test_cosine_schedule_with_repeated_first_timesteps_runs(spacing):
+    """diffusers' step-index lookup crashes on the repeated first timesteps; the state's step
+    counter does not look timesteps up."""
+    config = {spacing: True, "beta_schedule": "squaredcos_cap_v2"}
+    sched = jaxsched.DPMSolverMultistepScheduler(**config)
+    state = sched.init(25, SHAPE)
+    assert len(set(np.asarray(state.timesteps[:5]).tolist())) < 5  # repeated timesteps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**config)
+    ref.set_timesteps(25)
+    x = torch.zeros(SHAPE)
+    with pytest.raises(IndexError):
+        for t in ref.timesteps:
+            x = ref.step(0.5 * x, t, x).prev_sample
+    assert bool(jnp.isfinite(_run(sched, 25)).all())
+
+
+def test_third_order_sde_noise_form_runs():
+    """diffusers has no third-order sde-dpmsolver update (it crashes); jaxsched derives it as
+    twice the ODE weights, like the first and second orders."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**SDE_NOISE, solver_order=3)
+    ref.set_timesteps(10)
+    x = torch.zeros(1, 2)
+    with pytest.raises(UnboundLocalError):
+        for t in ref.timesteps:
+            x = ref.step(0.5 * x, t, x, variance_noise=torch.zeros(1, 2)).prev_sample
+    sched = jaxsched.DPMSolverMultistepScheduler(**SDE_NOISE, solver_order=3)
+    assert 3 in np.asarray(sched.init(10, (1, 2)).coefficients.order).tolist()
+    assert bool(jnp.isfinite(_run(sched, 10)).all())
+
+
+# -- options beyond the parity matrix -------------------------------------------------------
+
+
+def test_dynamic_shifting_mu_sets_the_flow_shift():
+    config = {
+        "use_flow_sigmas": True,
+        "prediction_type": "flow_prediction",
+        "use_dynamic_shifting": True,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler(**config)
+    ref.set_timesteps(12, mu=0.8)
+    sched = jaxsched.DPMSolverMultistepScheduler(**config)
+    state = sched.init(12, SHAPE, mu=0.8)
+    np.testing.assert_array_equal(state.timesteps, ref.timesteps.numpy())
+    shifted = jaxsched.DPMSolverMultistepScheduler(**config, flow_shift=math.exp(0.8))
+    chex.assert_trees_all_close(
+        state.coefficients, shifted.init(12, SHAPE).coefficients, rtol=1e-6, atol=1e-7
+    )
+    traced = jax.jit(lambda mu: sched.init(12, SHAPE, mu=mu).coefficients)(0.8)
+    chex.assert_trees_all_close(traced, state.coefficients, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_timesteps_match_diffusers():
+    custom = [901, 700, 512, 300, 111, 20]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DPMSolverMultistepScheduler()
+    ref.set_timesteps(timesteps=custom)
+    state = jaxsched.DPMSolverMultistepScheduler().init(None, SHAPE, timesteps=custom)
+    np.testing.assert_array_equal(state.timesteps, ref.timesteps.numpy())
+    with pytest.raises(ValueError, match="custom timesteps cannot be used with karras sigmas"):
+        jaxsched.DPMSolverMultistepScheduler(use_karras_sigmas=True).init(
+            None, SHAPE, timesteps=custom
+        )
+    with pytest.raises(ValueError, match="exactly one of num_inference_steps and timesteps"):
+        jaxsched.DPMSolverMultistepScheduler().init(5, SHAPE, timesteps=custom)
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"solver_order": 4}, "solver_order must be one of"),
+        ({"algorithm_type": "ddim"}, "algorithm_type must be one of"),
+        ({"solver_type": "rk4"}, "solver_type must be one of"),
+        ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "only one of"),
+        ({"algorithm_type": "dpmsolver"}, "final_sigmas_type='zero' is not supported"),
+        ({**NOISE, "prediction_type": "flow_prediction"}, "needs a data-prediction algorithm"),
+        ({"final_sigmas_type": "max"}, "final_sigmas_type must be one of"),
+        ({"variance_type": "fixed"}, "variance_type must be one of"),
+        ({"flow_shift": 0.0}, "flow_shift must lie in"),
+    ],
+)
+def test_bad_options_are_rejected(config, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        jaxsched.DPMSolverMultistepScheduler(**config)
+
+
+def test_deis_and_unipc_settings_map_like_diffusers():
+    sched = jaxsched.DPMSolverMultistepScheduler(algorithm_type="deis", solver_type="logrho")
+    assert sched.algorithm_type == "dpmsolver++" and sched.solver_type == "midpoint"
+
+
+# -- transforms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"solver_order": 3},
+        {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
+        {**NOISE, "thresholding": True},
+    ],
+)
+def test_scan_jit_and_vmap_agree_with_eager_steps(config):
+    sched = jaxsched.DPMSolverMultistepScheduler(**config)
+    n = 9
+    state = sched.init(n, SHAPE)
+    x = jax.random.normal(jax.random.key(3), SHAPE)
+    noises = jax.random.normal(jax.random.key(4), (n, *SHAPE))
+    stochastic = sched.algorithm_type.startswith("sde")
+
+    def model(x, t):
+        return 0.5 * x + 1e-3 * t.astype(x.dtype)
+
+    eager_state, eager = state, x
+    for i in range(n):
+        t = eager_state.timesteps[i]
+        extra = {"noise": noises[i]} if stochastic else {}
+        eager_state, eager = sched.step(eager_state, model(eager, t), t, eager, **extra)
+    kwargs = {"noise": noises} if stochastic else {}
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, model, x, return_state=True, **kwargs))
+    final_state, scanned = run(state, x)
+    chex.assert_trees_all_close(scanned, eager, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(final_state, eager_state, rtol=1e-5, atol=1e-5)
+    both = jax.vmap(lambda x: jaxsched.sample(sched, state, model, x, **kwargs))(jnp.stack([x, x]))
+    chex.assert_trees_all_close(both[1], eager, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_schedules_does_not_retrace():
+    sched = jaxsched.DPMSolverMultistepScheduler(use_karras_sigmas=True, solver_order=3)
+    traces = []
+
+    @jax.jit
+    def run(beta_ends, x):
+        traces.append(1)
+        schedules = jax.vmap(lambda b: jaxsched.noise_schedule(beta_end=b))(beta_ends)
+        states = jax.vmap(lambda s: sched.init(10, SHAPE, schedule=s))(schedules)
+        return jax.vmap(lambda s: jaxsched.sample(sched, s, lambda x, t: 0.5 * x, x))(states)
+
+    x = jax.random.normal(jax.random.key(5), SHAPE)
+    ends = jnp.linspace(0.015, 0.025, 4)
+    got = run(ends, x)
+    for i in range(4):
+        one = sched.init(10, SHAPE, schedule=jaxsched.noise_schedule(beta_end=float(ends[i])))
+        expected = jaxsched.sample(sched, one, lambda x, t: 0.5 * x, x)
+        chex.assert_trees_all_close(got[i], expected, rtol=1e-4, atol=1e-4)
+    run(ends * 1.01, x)
+    assert len(traces) == 1
