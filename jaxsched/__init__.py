@@ -11,6 +11,7 @@ from jaxsched.schedulers import (
     SCHEDULERS,
     DDIMInverseScheduler,
     DDIMScheduler,
+    DPMSolverMultistepInverseScheduler,
     DPMSolverMultistepScheduler,
     Scheduler,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "SCHEDULERS",
     "DDIMInverseScheduler",
     "DDIMScheduler",
+    "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
     "NoiseSchedule",
     "Scheduler",

@@ -180,3 +180,15 @@ def dpm_timesteps(
     count = int(np.ceil(last_timestep / (num_train_timesteps / n) - 1e-9))
     stride = (last_timestep - num_train_timesteps / n) - last_timestep
     return np.round(last_timestep + np.arange(min(count, n)) * stride).astype(np.int64) - 1
+
+
+def inverse_dpm_timesteps(
+    spacing: str, n: int, noisiest: int, num_train_timesteps: int, steps_offset: int
+) -> np.ndarray:
+    """DPM-Solver inversion's ascending integer timesteps, ``(n,)``, up to ``noisiest``."""
+    if spacing == "linspace":
+        return np.linspace(0, noisiest, n + 1).round()[:-1].astype(np.int64)
+    if spacing == "leading":
+        stride = (noisiest + 1) // (n + 1)
+        return (np.arange(n + 1) * stride)[:-1].astype(np.int64) + steps_offset
+    return dpm_timesteps("trailing", n, noisiest + 1, num_train_timesteps, 0)[::-1].copy()

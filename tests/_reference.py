@@ -139,7 +139,12 @@ def run_side_by_side(
 
 
 def run_dpm_side_by_side(
-    config: dict, num_inference_steps: int, *, seed: int = 0, steps: int | None = None
+    config: dict,
+    num_inference_steps: int,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    cls_name: str = "DPMSolverMultistepScheduler",
 ):
     """Yield ``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each DPMSolverMultistepScheduler
     step: the samples and the converted model outputs (the solver's x0 or eps; ``None`` for a
@@ -151,14 +156,16 @@ def run_dpm_side_by_side(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = diffusers.DPMSolverMultistepScheduler(**config)
+        ref = getattr(diffusers, cls_name)(**config)
         ref.set_timesteps(num_inference_steps)
-        sched = jaxsched.from_config(dict(ref.config), cls="DPMSolverMultistepScheduler")
+        sched = jaxsched.from_config(dict(ref.config), cls=cls_name)
     state = sched.init(num_inference_steps, SHAPE)
     n = len(state.timesteps)
     np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy()[:n])
     rng = np.random.default_rng(seed)
     x_start = rng.standard_normal(SHAPE).astype(np.float32)
+    if "Inverse" in cls_name:
+        x_start = (DATA_STD * x_start).astype(np.float32)
     x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
     abar = ref.alphas_cumprod.numpy()
     sde = sched.algorithm_type.startswith("sde")

@@ -2,16 +2,26 @@
 
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedulers.ddim import DDIMInverseScheduler, DDIMScheduler
-from jaxsched.schedulers.dpmsolver import DPMSolverMultistepScheduler
+from jaxsched.schedulers.dpmsolver import (
+    DPMSolverMultistepInverseScheduler,
+    DPMSolverMultistepScheduler,
+)
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.__name__: cls for cls in (DDIMScheduler, DDIMInverseScheduler, DPMSolverMultistepScheduler)
+    cls.__name__: cls
+    for cls in (
+        DDIMScheduler,
+        DDIMInverseScheduler,
+        DPMSolverMultistepScheduler,
+        DPMSolverMultistepInverseScheduler,
+    )
 }
 
 __all__ = [
     "SCHEDULERS",
     "DDIMInverseScheduler",
     "DDIMScheduler",
+    "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
     "Scheduler",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,8 +50,9 @@ class Scheduler:
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     trained_betas: tuple[float, ...] | None = None
-    rescale_betas_zero_snr: bool = False
 
+    #: Classes that have diffusers' zero-terminal-SNR option override this with a field.
+    rescale_betas_zero_snr: ClassVar[bool] = False
     #: Name of the scheduler ``inverse()`` returns.
     inverse_class_name: ClassVar[str]
     #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).
@@ -112,13 +114,23 @@ class Scheduler:
         return dataclasses.replace(self, **changes)
 
     def inverse(self) -> Scheduler:
-        """The matching scheduler that walks the same grid in the other direction."""
+        """The matching scheduler that walks the same grid in the other direction, with every
+        option the two share. Options the other class lacks are dropped, with one warning that
+        lists those set to a non-default value."""
         from jaxsched.schedulers import SCHEDULERS
 
-        if self.inverse_class_name not in SCHEDULERS:
-            raise NotImplementedError(f"{self.inverse_class_name} is not implemented yet")
         target = SCHEDULERS[self.inverse_class_name]
         names = {f.name for f in dataclasses.fields(target)}
+        dropped = sorted(
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in names and getattr(self, f.name) != f.default
+        )
+        if dropped:
+            warnings.warn(
+                f"{target.__name__} has no option(s) {dropped}; the inverse runs without them",
+                stacklevel=2,
+            )
         return target(**{k: v for k, v in self.config.items() if k in names})
 
     # -- shared pieces of init and step --------------------------------------------------------

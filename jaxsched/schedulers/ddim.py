@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import ClassVar
 
 import jax
@@ -41,6 +40,7 @@ class _DDIMBase(Scheduler):
     prediction_type: str = "epsilon"
     clip_sample_range: float = 1.0
     timestep_spacing: str = "leading"
+    rescale_betas_zero_snr: bool = False
 
     walks_toward_noise: ClassVar[bool]
     # Options the inverse class lacks; the forward class overrides them with fields.
@@ -199,18 +199,6 @@ class DDIMScheduler(_DDIMBase):
             key=key,
             noise=noise,
         )
-
-    def inverse(self) -> DDIMInverseScheduler:
-        """``DDIMInverseScheduler`` with the options it shares with this scheduler.
-
-        Dynamic thresholding has no counterpart in the inverse; a warning says so when it is on.
-        """
-        if self.thresholding:
-            warnings.warn(
-                "DDIMInverseScheduler has no dynamic thresholding; the inverse runs without it",
-                stacklevel=2,
-            )
-        return super().inverse()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,7 @@ from jaxsched.grids import (
     dpm_timesteps,
     exponential_sigmas,
     flow_sigmas,
+    inverse_dpm_timesteps,
     karras_sigmas,
     sigma_to_t,
 )
@@ -92,12 +93,12 @@ def step_orders(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DPMSolverMultistepScheduler(Scheduler):
-    """DPM-Solver / DPM-Solver++ multistep sampling, diffusers' ``DPMSolverMultistepScheduler``.
+class _DPMBase(Scheduler):
+    """Options, init and step shared by the forward and inverse DPM-Solver schedulers.
 
-    All per-step work is done at ``init``: the sigma grid, every step's update weights and the
-    order used at each step (warm-up, ``lower_order_final``, ``euler_at_final``). A step gathers
-    one row and does one fused multiply-add over ``(x, m0, m1, m2, z)``.
+    All per-step work is done at ``init``: the sigma grid (``sigma_grid``, per direction), every
+    step's update weights and the order used at each step. A step gathers one row and does one
+    fused multiply-add over ``(x, m0, m1, m2, z)``.
     """
 
     solver_order: int = 2
@@ -112,18 +113,17 @@ class DPMSolverMultistepScheduler(Scheduler):
     use_karras_sigmas: bool = False
     use_exponential_sigmas: bool = False
     use_beta_sigmas: bool = False
-    use_lu_lambdas: bool = False
     use_flow_sigmas: bool = False
     flow_shift: float = 1.0
-    final_sigmas_type: str = "zero"
     lambda_min_clipped: float = -math.inf
     variance_type: str | None = None
     timestep_spacing: str = "linspace"
     steps_offset: int = 0
-    use_dynamic_shifting: bool = False
-    time_shift_type: str = "exponential"
 
-    inverse_class_name: ClassVar[str] = "DPMSolverMultistepInverseScheduler"
+    # Forward-only options; the forward class overrides them with fields.
+    use_lu_lambdas: ClassVar[bool] = False
+    final_sigmas_type: ClassVar[str] = "sigma_min"
+    use_dynamic_shifting: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         # diffusers maps DEIS / UniPC settings onto their DPM-Solver counterparts.
@@ -149,9 +149,7 @@ class DPMSolverMultistepScheduler(Scheduler):
             "use_karras_sigmas",
             "use_exponential_sigmas",
             "use_beta_sigmas",
-            "use_lu_lambdas",
             "use_flow_sigmas",
-            "use_dynamic_shifting",
         ):
             check_bool(flag, getattr(self, flag))
         if self.use_karras_sigmas + self.use_exponential_sigmas + self.use_beta_sigmas > 1:
@@ -159,7 +157,6 @@ class DPMSolverMultistepScheduler(Scheduler):
                 "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
             )
         check_float("flow_shift", self.flow_shift, low=0.0, low_open=True)
-        check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
         if isinstance(self.lambda_min_clipped, bool) or not isinstance(
             self.lambda_min_clipped, (int, float)
         ):
@@ -169,14 +166,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
         check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         check_int("steps_offset", self.steps_offset, minimum=0)
-        check_choice("time_shift_type", self.time_shift_type, ("exponential",))
-        noise_form = not self.algorithm_type.endswith("++")
-        if noise_form and self.final_sigmas_type == "zero":
-            raise ValueError(
-                f"final_sigmas_type='zero' is not supported with algorithm_type="
-                f"{self.algorithm_type!r}; use final_sigmas_type='sigma_min'"
-            )
-        if noise_form and self.prediction_type == "flow_prediction":
+        if not self.algorithm_type.endswith("++") and self.prediction_type == "flow_prediction":
             raise ValueError(
                 f"prediction_type='flow_prediction' needs a data-prediction algorithm "
                 f"('dpmsolver++' or 'sde-dpmsolver++'), got {self.algorithm_type!r}"
@@ -209,57 +199,31 @@ class DPMSolverMultistepScheduler(Scheduler):
             )
         return self.num_train_timesteps - int(value)
 
-    def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
-        """``(timesteps (N,) int, sigmas (N + 1,))`` as diffusers' ``set_timesteps`` builds them.
+    def _training_sigmas(self, schedule: NoiseSchedule, flow_shift):
+        """``(xp, abar, sigmas, log_sigmas, lambdas)`` of the training timesteps, ``(T,)`` each,
+        in NumPy when the schedule (and shift) are concrete, else in ``jax.numpy``."""
+        xp = array_module(schedule.alphas_cumprod, flow_shift)
+        abar = np.asarray(schedule.alphas_cumprod) if xp is np else schedule.alphas_cumprod
+        sigmas = ((1 - abar) / abar) ** 0.5
+        lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
+        return xp, abar, sigmas, xp.log(sigmas), lambdas
 
-        ``sigmas`` are ``sqrt((1 - a) / a)`` (flow sigmas in ``[0, 1]`` with
-        ``use_flow_sigmas``), the last one the final sigma.
-        """
-        abar = schedule.alphas_cumprod
-        xp = array_module(abar, flow_shift)
-        abar = xp.asarray(abar) if xp is jnp else np.asarray(abar)
-        train_sigmas = ((1 - abar) / abar) ** 0.5
-        log_sigmas = xp.log(train_sigmas)
-        spacing = _sigma_spacing(self)
-        n = num_inference_steps
-        if timesteps is not None:
-            ts = np.asarray(timesteps).astype(np.int64)
-        else:
-            lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
-            last = self._last_timestep(lambdas, xp)
-            ts = dpm_timesteps(
-                self.timestep_spacing, n, last, self.num_train_timesteps, self.steps_offset
+    @staticmethod
+    def _finish_grid(ts, sigmas, xp, table_dtype) -> tuple[jax.Array, jax.Array]:
+        """Integer timesteps (truncated, as diffusers casts them) and the sigmas in the tables'
+        dtype, as JAX arrays."""
+        if xp is np:
+            return jnp.asarray(np.asarray(ts).astype(np.int32)), jnp.asarray(
+                np.asarray(sigmas, table_dtype)
             )
+        return jnp.asarray(ts).astype(jnp.int32), jnp.asarray(sigmas, table_dtype)
+
+    @staticmethod
+    def _sigma_ends(train_sigmas, xp):
+        """Smallest and largest training sigma; Python floats for NumPy grids, since diffusers
+        computes its sigma spacings in float64 from them."""
         lo, hi = train_sigmas[0], train_sigmas[-1]
-        if xp is np:  # diffusers takes the ends as Python floats: the spacing is float64
-            lo, hi = float(lo), float(hi)
-        cosine = self.beta_schedule == "squaredcos_cap_v2"
-        if spacing in ("karras", "lu"):
-            sigmas = (
-                karras_sigmas(lo, hi, n, xp)
-                if spacing == "karras"
-                else exponential_sigmas(lo, hi, n, xp)
-            )
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-            ts = ts if cosine else xp.round(ts)
-        elif spacing in ("exponential", "beta"):
-            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
-            sigmas = make(lo, hi, n, xp)
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-        elif spacing == "flow":
-            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)
-            ts = sigmas * self.num_train_timesteps
-        else:
-            sigmas = xp.interp(
-                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
-            )
-        final = train_sigmas[0] if self.final_sigmas_type == "sigma_min" else 0.0
-        table_dtype = schedule.alphas_cumprod.dtype
-        sigmas = xp.concatenate([sigmas, xp.asarray([final], sigmas.dtype)])
-        return (
-            jnp.asarray(jnp.asarray(ts).astype(jnp.int32) if xp is jnp else ts.astype(np.int32)),
-            jnp.asarray(np.asarray(sigmas, np.float32) if xp is np else sigmas, table_dtype),
-        )
+        return (float(lo), float(hi)) if xp is np else (lo, hi)
 
     def _levels(self, sigmas: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(alpha, sigma)`` of each grid sigma: VP ``1 / sqrt(1 + s^2)``, or flow ``1 - s``."""
@@ -409,3 +373,135 @@ class DPMSolverMultistepScheduler(Scheduler):
     def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
         """DPM-Solver needs no input scaling; returns ``x``."""
         return x
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolverMultistepScheduler(_DPMBase):
+    """DPM-Solver / DPM-Solver++ multistep sampling, diffusers' ``DPMSolverMultistepScheduler``
+    with its options and defaults.
+
+    Example::
+
+        sched = jaxsched.DPMSolverMultistepScheduler(solver_order=2, use_karras_sigmas=True)
+        state = sched.init(25, shape=x.shape)
+        x0 = jaxsched.sample(sched, state, model_fn, x)
+    """
+
+    use_lu_lambdas: bool = False
+    final_sigmas_type: str = "zero"
+    rescale_betas_zero_snr: bool = False
+    use_dynamic_shifting: bool = False
+    time_shift_type: str = "exponential"
+
+    inverse_class_name: ClassVar[str] = "DPMSolverMultistepInverseScheduler"
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_bool("use_lu_lambdas", self.use_lu_lambdas)
+        check_bool("use_dynamic_shifting", self.use_dynamic_shifting)
+        check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
+        check_choice("time_shift_type", self.time_shift_type, ("exponential",))
+        if not self.algorithm_type.endswith("++") and self.final_sigmas_type == "zero":
+            raise ValueError(
+                f"final_sigmas_type='zero' is not supported with algorithm_type="
+                f"{self.algorithm_type!r}; use final_sigmas_type='sigma_min'"
+            )
+
+    def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
+        """``(timesteps (N,) int, sigmas (N + 1,))`` as diffusers' ``set_timesteps`` builds them.
+
+        ``sigmas`` are ``sqrt((1 - a) / a)`` (flow sigmas in ``[0, 1]`` with
+        ``use_flow_sigmas``), the last one the final sigma.
+        """
+        xp, abar, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
+        spacing = _sigma_spacing(self)
+        n = num_inference_steps
+        if timesteps is not None:
+            ts = np.asarray(timesteps).astype(np.int64)
+        else:
+            last = self._last_timestep(lambdas, xp)
+            ts = dpm_timesteps(
+                self.timestep_spacing, n, last, self.num_train_timesteps, self.steps_offset
+            )
+        lo, hi = self._sigma_ends(train_sigmas, xp)
+        cosine = self.beta_schedule == "squaredcos_cap_v2"
+        if spacing in ("karras", "lu"):
+            sigmas = (
+                karras_sigmas(lo, hi, n, xp)
+                if spacing == "karras"
+                else exponential_sigmas(lo, hi, n, xp)
+            )
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
+            ts = ts if cosine else xp.round(ts)
+        elif spacing in ("exponential", "beta"):
+            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
+            sigmas = make(lo, hi, n, xp)
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
+        elif spacing == "flow":
+            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)
+            ts = sigmas * self.num_train_timesteps
+        else:
+            sigmas = xp.interp(
+                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
+            )
+        final = train_sigmas[0] if self.final_sigmas_type == "sigma_min" else 0.0
+        sigmas = xp.concatenate([sigmas, xp.asarray([final], sigmas.dtype)])
+        return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolverMultistepInverseScheduler(_DPMBase):
+    """DPM-Solver inversion (data -> noise), diffusers' ``DPMSolverMultistepInverseScheduler``
+    with its options and defaults.
+
+    The same update walked toward noise on an ascending grid. Differences from diffusers (see
+    the README): every one of the ``N`` steps runs, with timesteps and sigmas aligned (diffusers
+    drops repeated timesteps but not their sigmas); flow sigmas ascend; SDE algorithms are
+    rejected, since a stochastic solver has no deterministic inverse (diffusers' are NaN).
+    """
+
+    inverse_class_name: ClassVar[str] = "DPMSolverMultistepScheduler"
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.algorithm_type.startswith("sde"):
+            raise ValueError(
+                f"algorithm_type={self.algorithm_type!r} cannot invert: an SDE step toward noise "
+                "would need a negative noise variance sigma_t^2 (1 - e^(-2h)) with h < 0, and "
+                "the only noising process with the right marginals, the forward diffusion, "
+                "ignores the model. Invert with 'dpmsolver++' or 'dpmsolver' (the probability-"
+                "flow ODE), or noise data with add_noise"
+            )
+
+    def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
+        """``(timesteps (N,) int, sigmas (N + 1,))`` ascending, as diffusers' inverse builds
+        them: sigma spacings end with their last sigma repeated (a zero-length last step);
+        the default grid ends at the noisiest unclipped timestep."""
+        if timesteps is not None:
+            raise ValueError("DPMSolverMultistepInverseScheduler takes no custom timesteps")
+        xp, abar, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
+        n = num_inference_steps
+        noisiest = self._last_timestep(lambdas, xp) - 1
+        spacing = _sigma_spacing(self)
+        lo, hi = self._sigma_ends(train_sigmas, xp)
+        if spacing == "karras":
+            sigmas = karras_sigmas(hi, lo, n, xp)  # ascending: diffusers passes the ends swapped
+            ts = xp.round(sigma_to_t(sigmas, log_sigmas, xp))
+        elif spacing in ("exponential", "beta"):
+            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
+            sigmas = make(hi, lo, n, xp)
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
+        elif spacing == "flow":
+            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)[::-1]
+            ts = sigmas * self.num_train_timesteps
+        else:
+            ts = inverse_dpm_timesteps(
+                self.timestep_spacing, n, noisiest, self.num_train_timesteps, self.steps_offset
+            )
+            sigmas = xp.interp(
+                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
+            )
+            sigmas = xp.concatenate([sigmas, train_sigmas[noisiest : noisiest + 1]])
+            return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)
+        sigmas = xp.concatenate([sigmas, sigmas[-1:]])
+        return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)
