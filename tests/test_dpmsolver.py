@@ -139,9 +139,12 @@ def test_case_matrix_covers_every_option():
     fields = set(jaxsched.DPMSolverMultistepScheduler().config)
     untested = fields - options
     # mu / dynamic shifting and time_shift_type are tested below; the beta range everywhere.
-    assert untested <= {"use_dynamic_shifting", "time_shift_type", "num_train_timesteps"} | (
-        {"beta_start", "beta_end"} - options
-    ), untested
+    assert untested <= {
+        "use_dynamic_shifting",
+        "time_shift_type",
+        "num_train_timesteps",
+        "exact_third_order",
+    } | ({"beta_start", "beta_end"} - options), untested
 
 
 def _diffusers_orders(config: dict, n: int) -> list[int]:
@@ -378,3 +381,71 @@ def test_vmap_over_schedules_does_not_retrace():
         chex.assert_trees_all_close(got[i], expected, rtol=1e-4, atol=1e-4)
     run(ends * 1.01, x)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_learned_variance_channels_are_dropped(variance_type):
+    """A model that also predicts its variance returns 2C channels; the first C are the noise."""
+    sched = jaxsched.DPMSolverMultistepScheduler(variance_type=variance_type)
+    plain = jaxsched.DPMSolverMultistepScheduler()
+    state = sched.init(5, SHAPE)
+    x = jax.random.normal(jax.random.key(6), SHAPE)
+    eps = 0.3 * x
+    with_variance = jnp.concatenate([eps, jnp.full_like(eps, 7.0)], axis=1)
+    t = state.timesteps[0]
+    _, got = sched.step(state, with_variance, t, x)
+    _, expected = plain.step(plain.init(5, SHAPE), eps, t, x)
+    chex.assert_trees_all_close(got, expected)
+
+
+# Exact one-step means: (weight of x, kernel of the model integral over lambda in [s0, t]).
+MEANS = {
+    "dpmsolver++": (lambda a, s, at, st, h: st / s, lambda at, st, d: at * np.exp(-d)),
+    "sde-dpmsolver++": (
+        lambda a, s, at, st, h: st / s * np.exp(-h),
+        lambda at, st, d: at * 2 * np.exp(-2 * d),
+    ),
+    "dpmsolver": (lambda a, s, at, st, h: at / a, lambda at, st, d: -st * np.exp(d)),
+    "sde-dpmsolver": (lambda a, s, at, st, h: at / a, lambda at, st, d: -2 * st * np.exp(d)),
+}
+
+
+@pytest.mark.parametrize("algorithm_type", list(MEANS))
+@pytest.mark.parametrize("exact", [True, False])
+def test_exact_third_order_integrates_quadratic_predictions(algorithm_type, exact):
+    """A third-order multistep step must integrate a model prediction that is quadratic in
+    lambda exactly: its divided differences then equal D1 = h m', D2 = h^2 m'' / 2. diffusers'
+    D2 weight (the reference DPM-Solver code's too) is half the needed one, so it is exact only
+    for linear predictions; ``exact_third_order=True`` is exact for quadratics."""
+    from scipy.integrate import quad
+
+    with jax.enable_x64(True):
+        sched = jaxsched.DPMSolverMultistepScheduler(
+            algorithm_type=algorithm_type, solver_order=3, exact_third_order=exact, **MIN
+        )
+        coefficients = sched.init(20, (1,)).coefficients
+        i = 8
+        assert int(coefficients.order[i]) == 3
+        alpha, sigma = np.asarray(coefficients.alpha), np.asarray(coefficients.sigma)
+        lam = np.log(alpha / sigma)
+        w = jax.tree.map(lambda a: float(a[i]), coefficients.weights)
+        x_weight, kernel = MEANS[algorithm_type]
+        lam_t, alpha_t, sigma_t = lam[i + 1], alpha[i + 1], sigma[i + 1]
+        h = lam_t - lam[i]
+        for degree, prediction in enumerate(
+            (lambda v: 0.3 + 0 * v, lambda v: 0.3 - 0.7 * v, lambda v: 0.3 - 0.7 * v + 0.25 * v**2)
+        ):
+            x = 0.8
+            integral = quad(
+                lambda v, f=prediction: kernel(alpha_t, sigma_t, lam_t - v) * f(v),
+                lam[i],
+                lam_t,
+                epsabs=1e-14,
+                epsrel=1e-13,
+            )[0]
+            mean = x_weight(alpha[i], sigma[i], alpha_t, sigma_t, h) * x + integral
+            ms = [prediction(lam[i - k]) for k in range(3)]
+            step = w.a * x + w.b0 * ms[0] + w.b1 * ms[1] + w.b2 * ms[2]
+            exact_here = np.isclose(step, mean, rtol=1e-10, atol=1e-13)
+            # D2 vanishes for lines, so diffusers' weights are exact up to degree 1.
+            assert exact_here == (exact or degree < 2), (degree, step, mean)

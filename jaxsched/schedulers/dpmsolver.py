@@ -124,6 +124,9 @@ class _DPMBase(Scheduler):
     use_lu_lambdas: ClassVar[bool] = False
     final_sigmas_type: ClassVar[str] = "sigma_min"
     use_dynamic_shifting: ClassVar[bool] = False
+    exact_third_order: ClassVar[bool] = False
+    #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
+    extension_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         # diffusers maps DEIS / UniPC settings onto their DPM-Solver counterparts.
@@ -260,6 +263,7 @@ class _DPMBase(Scheduler):
             (sigma[:n], sigma[1:]),
             lambdas,
             order,
+            exact_third_order=self.exact_third_order,
         )
         return DPMCoefficients(
             alpha=convert_alpha[:n], sigma=convert_sigma[:n], weights=weights, order=order
@@ -392,13 +396,17 @@ class DPMSolverMultistepScheduler(_DPMBase):
     rescale_betas_zero_snr: bool = False
     use_dynamic_shifting: bool = False
     time_shift_type: str = "exponential"
+    #: jaxsched extension: third-order weights exact for quadratic predictions (README).
+    exact_third_order: bool = False
 
     inverse_class_name: ClassVar[str] = "DPMSolverMultistepInverseScheduler"
+    extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 
     def _validate(self) -> None:
         super()._validate()
         check_bool("use_lu_lambdas", self.use_lu_lambdas)
         check_bool("use_dynamic_shifting", self.use_dynamic_shifting)
+        check_bool("exact_third_order", self.exact_third_order)
         check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
         check_choice("time_shift_type", self.time_shift_type, ("exponential",))
         if not self.algorithm_type.endswith("++") and self.final_sigmas_type == "zero":

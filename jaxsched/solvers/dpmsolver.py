@@ -48,11 +48,14 @@ class DPMCoefficients(NamedTuple):
     order: jax.Array
 
 
-def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h):
+def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h, exact: bool):
     """``(k0, k1_order2, k1_order3, k2)`` of the data-prediction (``++``) solvers.
 
-    ODE: the integrals of ``e^{-u}`` against ``1, ((h-u)/h), ((h-u)/h)^2 / 2`` over ``[0, h]``;
-    the SDE variant integrates ``2 e^{-2u}`` instead (DPM-Solver++, Appendix B).
+    With ``m(lambda_s0 + tau) = D0 + (tau / h) D1 + (tau / h)^2 D2`` the weights are integrals of
+    ``e^{-(h - tau)}`` (ODE) or ``2 e^{-2 (h - tau)}`` (SDE; DPM-Solver++, Appendix B) against
+    ``1, tau / h, (tau / h)^2``. diffusers' ``k2`` (like the reference DPM-Solver code's) is half
+    of the last integral, and its SDE ``k2`` also ends in ``- 0.5`` where ``+ 0.5`` belongs;
+    ``exact`` uses the integral.
     """
     sde = algorithm_type.startswith("sde")
     em1 = jnp.expm1(-2.0 * h) if sde else jnp.expm1(-h)  # e^{-h} - 1, or e^{-2h} - 1
@@ -60,17 +63,19 @@ def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h):
     k0 = -alpha_t * em1
     heun = alpha_t * (em1 / scale + 1.0)
     k1_second = heun if solver_type == "heun" else 0.5 * k0
-    # The SDE D2 weight reproduces diffusers' "- 0.5"; the exact integral of 2 e^{-2u} against
-    # ((h-u)/h)^2 / 2 has "+ 0.5" (diffusers' weight tends to -1 instead of h/3 as h -> 0).
-    k2 = alpha_t * ((-em1 - scale) / scale**2 - 0.5) if sde else -alpha_t * ((em1 + h) / h**2 - 0.5)
-    return k0, k1_second, heun, k2
+    if sde:
+        k2 = alpha_t * ((-em1 - scale) / scale**2 + (0.5 if exact else -0.5))
+    else:
+        k2 = -alpha_t * ((em1 + h) / h**2 - 0.5)
+    return k0, k1_second, heun, 2.0 * k2 if exact else k2
 
 
-def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, h):
+def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, h, exact: bool):
     """``(k0, k1_order2, k1_order3, k2)`` of the noise-prediction solvers.
 
-    ODE: integrals of ``e^{u}`` against ``1, ((h-u)/h), ((h-u)/h)^2 / 2``; the SDE variant has
-    twice the ODE weights (DPM-Solver++, Appendix B, "SDE-DPM-Solver").
+    ODE: integrals of ``e^{h - tau}`` against ``1, tau / h, (tau / h)^2``; the SDE variant has
+    twice the ODE weights (DPM-Solver++, Appendix B, "SDE-DPM-Solver"). ``k2`` is halved as in
+    diffusers unless ``exact``.
     """
     factor = 2.0 if algorithm_type.startswith("sde") else 1.0
     em1 = jnp.expm1(h)
@@ -78,7 +83,7 @@ def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, h):
     heun = -factor * sigma_t * (em1 / h - 1.0)
     k1_second = heun if solver_type == "heun" else 0.5 * k0
     k2 = -factor * sigma_t * ((em1 - h) / h**2 - 0.5)
-    return k0, k1_second, heun, k2
+    return k0, k1_second, heun, 2.0 * k2 if exact else k2
 
 
 def sample_and_noise_weights(algorithm_type: str, alpha_s, sigma_s, alpha_t, sigma_t, h):
@@ -99,6 +104,8 @@ def step_weights(
     sigmas: tuple[jax.Array, jax.Array],
     lambdas: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
     order: jax.Array,
+    *,
+    exact_third_order: bool = False,
 ) -> StepWeights:
     """Weights of every step (all arguments ``(N,)``; ``order`` in 1..3).
 
@@ -107,6 +114,7 @@ def step_weights(
     ``D1 = (m0 - m1) / r0`` (order 2) and, for order 3, ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 -
     D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)`` with ``r0 = h0 / h``, ``r1 = h1 / h``.
     A zero-length step (``h = 0``) is an exact no-op: ``a = 1`` and every other weight 0.
+    ``exact_third_order`` uses third-order weights that integrate quadratics exactly.
     """
     (alpha_s, alpha_t), (sigma_s, sigma_t) = alphas, sigmas
     lambda_t, lambda_s0, lambda_s1, lambda_s2 = lambdas
@@ -115,10 +123,12 @@ def step_weights(
     safe_h = jnp.where(moving, h, 1.0)
     a, c = sample_and_noise_weights(algorithm_type, alpha_s, sigma_s, alpha_t, sigma_t, safe_h)
     if algorithm_type.endswith("++"):
-        k0, k1_second, k1_third, k2 = _data_form_terms(algorithm_type, solver_type, alpha_t, safe_h)
+        k0, k1_second, k1_third, k2 = _data_form_terms(
+            algorithm_type, solver_type, alpha_t, safe_h, exact_third_order
+        )
     else:
         k0, k1_second, k1_third, k2 = _noise_form_terms(
-            algorithm_type, solver_type, sigma_t, safe_h
+            algorithm_type, solver_type, sigma_t, safe_h, exact_third_order
         )
     r0 = (lambda_s0 - lambda_s1) / safe_h
     r1 = (lambda_s1 - lambda_s2) / safe_h
