@@ -31,7 +31,7 @@ from jaxsched.schedules import (
     default_float_dtype,
     noise_schedule,
 )
-from jaxsched.state import SchedulerState
+from jaxsched.state import SchedulerState, Thresholds
 
 CONFIG_NAME = "scheduler_config.json"
 
@@ -51,8 +51,11 @@ class Scheduler:
     beta_schedule: str = "linear"
     trained_betas: tuple[float, ...] | None = None
 
-    #: Classes that have diffusers' zero-terminal-SNR option override this with a field.
+    # diffusers options some classes lack; classes that have them override these with fields.
     rescale_betas_zero_snr: ClassVar[bool] = False
+    clip_sample_range: ClassVar[float] = 1.0
+    dynamic_thresholding_ratio: ClassVar[float] = 0.995
+    sample_max_value: ClassVar[float] = 1.0
     #: Name of the scheduler ``inverse()`` returns.
     inverse_class_name: ClassVar[str]
     #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).
@@ -163,6 +166,14 @@ class Scheduler:
         check_floating_dtype("schedule", schedule.alphas_cumprod.dtype)
         dtype = compute_dtype(schedule.alphas_cumprod.dtype, default_float_dtype())
         return jax.tree.map(lambda table: jnp.asarray(table, dtype), schedule)
+
+    def thresholds(self, dtype) -> Thresholds:
+        """The x0 limits of the config as traced scalars of ``dtype``."""
+        return Thresholds(
+            clip_sample_range=jnp.asarray(self.clip_sample_range, dtype),
+            dynamic_thresholding_ratio=jnp.asarray(self.dynamic_thresholding_ratio, dtype),
+            sample_max_value=jnp.asarray(self.sample_max_value, dtype),
+        )
 
     def check_num_inference_steps(self, num_inference_steps: int) -> None:
         check_int("num_inference_steps", num_inference_steps, minimum=1)

@@ -27,7 +27,7 @@ from jaxsched.schedulers.base import (
 from jaxsched.schedules import NoiseSchedule, add_noise, compute_dtype, get_velocity
 from jaxsched.solvers.ddim import ddim_coefficients, ddim_update
 from jaxsched.solvers.prediction import PREDICTION_TYPES
-from jaxsched.state import SchedulerState, Thresholds
+from jaxsched.state import SchedulerState
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,10 +43,8 @@ class _DDIMBase(Scheduler):
     rescale_betas_zero_snr: bool = False
 
     walks_toward_noise: ClassVar[bool]
-    # Options the inverse class lacks; the forward class overrides them with fields.
+    # The inverse class has no thresholding; the forward class overrides this with a field.
     thresholding: ClassVar[bool] = False
-    dynamic_thresholding_ratio: ClassVar[float] = 0.995
-    sample_max_value: ClassVar[float] = 1.0
 
     def _validate(self) -> None:
         super()._validate()
@@ -90,13 +88,7 @@ class _DDIMBase(Scheduler):
                 levels_at(abar, grid.index_from, boundary), levels_at(abar, grid.index_to, boundary)
             ),
             schedule=schedule,
-            thresholds=Thresholds(
-                clip_sample_range=jnp.asarray(self.clip_sample_range, table_dtype),
-                dynamic_thresholding_ratio=jnp.asarray(
-                    self.dynamic_thresholding_ratio, table_dtype
-                ),
-                sample_max_value=jnp.asarray(self.sample_max_value, table_dtype),
-            ),
+            thresholds=self.thresholds(table_dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
         )
 

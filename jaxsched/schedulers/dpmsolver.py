@@ -47,7 +47,7 @@ from jaxsched.solvers.dpmsolver import (
     step_weights,
 )
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
-from jaxsched.state import SchedulerState, Thresholds
+from jaxsched.state import SchedulerState
 
 DPM_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 VARIANCE_TYPES = (None, "learned", "learned_range")
@@ -316,13 +316,7 @@ class _DPMBase(Scheduler):
             step_index=jnp.zeros((), jnp.int32),
             coefficients=self.coefficients(sigmas),
             schedule=schedule,
-            thresholds=Thresholds(
-                clip_sample_range=jnp.asarray(1.0, table_dtype),
-                dynamic_thresholding_ratio=jnp.asarray(
-                    self.dynamic_thresholding_ratio, table_dtype
-                ),
-                sample_max_value=jnp.asarray(self.sample_max_value, table_dtype),
-            ),
+            thresholds=self.thresholds(table_dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
             history=history,
         )
