@@ -1,8 +1,9 @@
 """Step grids: which timesteps the model is called at, and which noise levels each step joins.
 
-Everything here depends only on static integers (``num_inference_steps``, ``T``, the spacing),
-so grids are computed once in NumPy at ``init``. The noise levels themselves are gathered from
-the (possibly traced) schedule by :func:`levels_at`.
+Timestep spacings depend only on static integers (``num_inference_steps``, ``T``, the spacing),
+so they are computed once in NumPy at ``init``; DDIM's noise levels are gathered from the
+(possibly traced) schedule by :func:`levels_at`. Sigma grids depend on the schedule and take an
+array module (see below).
 """
 
 from __future__ import annotations
@@ -120,10 +121,14 @@ def array_module(*values):
 
 def sigma_to_t(sigma, log_sigmas, xp):
     """Continuous training timestep of each ``sigma``: linear interpolation in ``log sigma``
-    between the two training timesteps that bracket it (clamped to ``0 .. T - 1``)."""
+    from the last training timestep whose ``log sigma`` is at most it (diffusers' rule, which
+    also holds where a zero-SNR clamp makes ``log_sigmas`` non-monotonic), clamped to
+    ``0 .. T - 1``."""
     log_sigma = xp.log(xp.maximum(sigma, 1e-10))
     count = log_sigmas.shape[0]
-    low = xp.clip(xp.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, count - 2)
+    below = log_sigmas[:, None] <= xp.reshape(log_sigma, (1, -1))
+    last_below = xp.max(xp.where(below, xp.arange(count)[:, None], 0), axis=0)
+    low = xp.reshape(xp.clip(last_below, 0, count - 2), xp.shape(log_sigma))
     lo, hi = log_sigmas[low], log_sigmas[low + 1]
     w = xp.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
     return (1.0 - w) * low + w * (low + 1)

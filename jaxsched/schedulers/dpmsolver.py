@@ -159,6 +159,18 @@ class _DPMBase(Scheduler):
             raise ValueError(
                 "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
             )
+        others = [
+            f
+            for f in (
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "use_lu_lambdas",
+            )
+            if getattr(self, f)
+        ]
+        if self.use_flow_sigmas and others:
+            raise ValueError(f"use_flow_sigmas cannot be combined with {others}")
         check_float("flow_shift", self.flow_shift, low=0.0, low_open=True)
         if isinstance(self.lambda_min_clipped, bool) or not isinstance(
             self.lambda_min_clipped, (int, float)
@@ -189,6 +201,18 @@ class _DPMBase(Scheduler):
         abar = schedule.alphas_cumprod
         return schedule._replace(alphas_cumprod=abar.at[-1].set(ZERO_SNR_ALPHA_CUMPROD))
 
+    def _check_timestep_range(self, timesteps: np.ndarray) -> None:
+        """Integer timesteps must index a training level (diffusers fails mid-run otherwise)."""
+        if (
+            len(timesteps) == 0
+            or timesteps.min() < 0
+            or timesteps.max() >= self.num_train_timesteps
+        ):
+            raise ValueError(
+                f"timesteps must be non-empty and lie in 0..{self.num_train_timesteps - 1} "
+                f"(check steps_offset or custom timesteps), got {timesteps.tolist()[:8]}..."
+            )
+
     def _last_timestep(self, lambdas, xp) -> int:
         """One past the noisiest timestep whose lambda is >= ``lambda_min_clipped``."""
         if self.lambda_min_clipped == -math.inf:
@@ -205,9 +229,15 @@ class _DPMBase(Scheduler):
     def _training_sigmas(self, schedule: NoiseSchedule, flow_shift):
         """``(xp, abar, sigmas, log_sigmas, lambdas)`` of the training timesteps, ``(T,)`` each,
         in NumPy when the schedule (and shift) are concrete, else in ``jax.numpy``."""
-        xp = array_module(schedule.alphas_cumprod, flow_shift)
+        shift = flow_shift if _sigma_spacing(self) == "flow" else None
+        xp = array_module(schedule.alphas_cumprod, shift)
         abar = np.asarray(schedule.alphas_cumprod) if xp is np else schedule.alphas_cumprod
         sigmas = ((1 - abar) / abar) ** 0.5
+        if xp is np and _sigma_spacing(self) not in (None, "flow") and sigmas[0] <= 0:
+            raise ValueError(
+                "karras / lu / exponential / beta sigmas need a smallest sigma > 0; the schedule "
+                "has alphas_cumprod[0] = 1 (beta_start = 0)"
+            )
         lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
         return xp, abar, sigmas, xp.log(sigmas), lambdas
 
@@ -292,7 +322,7 @@ class _DPMBase(Scheduler):
             raise ValueError("pass exactly one of num_inference_steps and timesteps")
         if timesteps is not None:
             spacing = _sigma_spacing(self)
-            if spacing not in (None, "flow"):
+            if spacing is not None:
                 raise ValueError(f"custom timesteps cannot be used with {spacing} sigmas")
             num_inference_steps = len(timesteps)
         else:
@@ -420,18 +450,20 @@ class DPMSolverMultistepScheduler(_DPMBase):
         n = num_inference_steps
         if timesteps is not None:
             ts = np.asarray(timesteps).astype(np.int64)
-        else:
+        elif spacing is None:
             last = self._last_timestep(lambdas, xp)
             ts = dpm_timesteps(
                 self.timestep_spacing, n, last, self.num_train_timesteps, self.steps_offset
             )
+        if spacing is None:
+            self._check_timestep_range(ts)
         lo, hi = self._sigma_ends(train_sigmas, xp)
         cosine = self.beta_schedule == "squaredcos_cap_v2"
         if spacing in ("karras", "lu"):
             sigmas = (
                 karras_sigmas(lo, hi, n, xp)
                 if spacing == "karras"
-                else exponential_sigmas(lo, hi, n, xp)
+                else xp.exp(xp.linspace(*self._sigma_ends(log_sigmas, xp)[::-1], n))
             )
             ts = sigma_to_t(sigmas, log_sigmas, xp)
             ts = ts if cosine else xp.round(ts)
@@ -469,10 +501,10 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
         if self.algorithm_type.startswith("sde"):
             raise ValueError(
                 f"algorithm_type={self.algorithm_type!r} cannot invert: an SDE step toward noise "
-                "would need a negative noise variance sigma_t^2 (1 - e^(-2h)) with h < 0, and "
-                "the only noising process with the right marginals, the forward diffusion, "
-                "ignores the model. Invert with 'dpmsolver++' or 'dpmsolver' (the probability-"
-                "flow ODE), or noise data with add_noise"
+                "would need a negative noise variance sigma_t^2 (1 - e^(-2h)) with h < 0, and a "
+                "stochastic step has no deterministic inverse (its natural counterpart, the "
+                "forward diffusion, ignores the model). Invert with 'dpmsolver++' or 'dpmsolver' "
+                "(the probability-flow ODE), or noise data with jaxsched.add_noise"
             )
 
     def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
@@ -483,8 +515,8 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
             raise ValueError("DPMSolverMultistepInverseScheduler takes no custom timesteps")
         xp, abar, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
         n = num_inference_steps
-        noisiest = self._last_timestep(lambdas, xp) - 1
         spacing = _sigma_spacing(self)
+        noisiest = self._last_timestep(lambdas, xp) - 1 if spacing is None else None
         lo, hi = self._sigma_ends(train_sigmas, xp)
         if spacing == "karras":
             sigmas = karras_sigmas(hi, lo, n, xp)  # ascending: diffusers passes the ends swapped
@@ -500,6 +532,7 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
             ts = inverse_dpm_timesteps(
                 self.timestep_spacing, n, noisiest, self.num_train_timesteps, self.steps_offset
             )
+            self._check_timestep_range(ts)
             sigmas = xp.interp(
                 xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
             )
