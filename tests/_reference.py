@@ -145,6 +145,7 @@ def run_dpm_side_by_side(
     seed: int = 0,
     steps: int | None = None,
     cls_name: str = "DPMSolverMultistepScheduler",
+    begin_index: bool = False,
 ):
     """Yield ``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each DPMSolverMultistepScheduler
     step: the samples and the converted model outputs (the solver's x0 or eps; ``None`` for a
@@ -158,6 +159,8 @@ def run_dpm_side_by_side(
         warnings.simplefilter("ignore")
         ref = getattr(diffusers, cls_name)(**config)
         ref.set_timesteps(num_inference_steps)
+        if begin_index:  # count steps instead of looking repeated timesteps up
+            ref.set_begin_index(0)
         sched = jaxsched.from_config(dict(ref.config), cls=cls_name)
     state = sched.init(num_inference_steps, SHAPE)
     n = len(state.timesteps)

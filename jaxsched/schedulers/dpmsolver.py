@@ -521,6 +521,11 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
         if spacing == "karras":
             sigmas = karras_sigmas(hi, lo, n, xp)  # ascending: diffusers passes the ends swapped
             ts = xp.round(sigma_to_t(sigmas, log_sigmas, xp))
+        elif spacing == "beta" and xp is jnp:
+            # diffusers' hi + q (lo - hi) cancels at the small end in float32; Beta(0.6, 0.6) is
+            # symmetric, so the reversed forward grid is the same grid without cancellation.
+            sigmas = beta_sigmas(lo, hi, n, xp)[::-1]
+            ts = sigma_to_t(sigmas, log_sigmas, xp)
         elif spacing in ("exponential", "beta"):
             make = exponential_sigmas if spacing == "exponential" else beta_sigmas
             sigmas = make(hi, lo, n, xp)
