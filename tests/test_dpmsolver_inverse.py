@@ -113,8 +113,7 @@ def test_sde_inversion_is_rejected_where_diffusers_returns_nan(algorithm_type):
     forward = jaxsched.DPMSolverMultistepScheduler(
         algorithm_type=algorithm_type, final_sigmas_type="sigma_min"
     )
-    with warnings.catch_warnings(), pytest.raises(ValueError, match="cannot invert"):
-        warnings.simplefilter("ignore")  # inverse() notes the dropped final_sigmas_type
+    with pytest.raises(ValueError, match="cannot invert"):
         forward.inverse()
 
 
@@ -188,3 +187,17 @@ def test_round_trip_error_falls_with_steps(order):
         back = jaxsched.sample(sched, sched.init(n, x0.shape), model, x_t)
         errors.append(float(jnp.sqrt(jnp.mean((back - x0) ** 2))))
     assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_inverse_keeps_shared_options_and_warns_only_about_meaningful_drops():
+    forward = jaxsched.DPMSolverMultistepScheduler(
+        solver_order=3, final_sigmas_type="sigma_min", exact_third_order=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # final_sigmas_type has no inverse meaning: no warning
+        inverse = forward.inverse()
+    assert inverse == jaxsched.DPMSolverMultistepInverseScheduler(
+        solver_order=3, exact_third_order=True
+    )
+    with pytest.warns(UserWarning, match=r"has no option\(s\) \['use_lu_lambdas'\]"):
+        jaxsched.DPMSolverMultistepScheduler(use_lu_lambdas=True).inverse()

@@ -62,6 +62,8 @@ class Scheduler:
     init_noise_sigma: ClassVar[float] = 1.0
     #: Model calls per step (diffusers' ``order``; 1 for every multistep scheduler too).
     order: ClassVar[int] = 1
+    #: Options with no meaning in the other direction: ``inverse()`` drops them silently.
+    direction_only_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -127,7 +129,9 @@ class Scheduler:
         dropped = sorted(
             f.name
             for f in dataclasses.fields(self)
-            if f.name not in names and getattr(self, f.name) != f.default
+            if f.name not in names
+            and f.name not in self.direction_only_options
+            and getattr(self, f.name) != f.default
         )
         if dropped:
             warnings.warn(

@@ -425,6 +425,7 @@ class DPMSolverMultistepScheduler(_DPMBase):
 
     inverse_class_name: ClassVar[str] = "DPMSolverMultistepInverseScheduler"
     extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
+    direction_only_options: ClassVar[tuple[str, ...]] = ("final_sigmas_type",)
 
     def _validate(self) -> None:
         super()._validate()
@@ -494,10 +495,15 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
     rejected, since a stochastic solver has no deterministic inverse (diffusers' are NaN).
     """
 
+    #: jaxsched extension: third-order weights exact for quadratic predictions (README).
+    exact_third_order: bool = False
+
     inverse_class_name: ClassVar[str] = "DPMSolverMultistepScheduler"
+    extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 
     def _validate(self) -> None:
         super()._validate()
+        check_bool("exact_third_order", self.exact_third_order)
         if self.algorithm_type.startswith("sde"):
             raise ValueError(
                 f"algorithm_type={self.algorithm_type!r} cannot invert: an SDE step toward noise "
