@@ -171,6 +171,11 @@ class Scheduler:
         dtype = compute_dtype(schedule.alphas_cumprod.dtype, default_float_dtype())
         return jax.tree.map(lambda table: jnp.asarray(table, dtype), schedule)
 
+    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
+        """``x`` unchanged: these schedulers need no input scaling (kept for interchangeability
+        with diffusers pipelines, which call it before the model)."""
+        return x
+
     def thresholds(self, dtype) -> Thresholds:
         """The x0 limits of the config as traced scalars of ``dtype``."""
         return Thresholds(

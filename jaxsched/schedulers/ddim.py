@@ -112,10 +112,6 @@ class _DDIMBase(Scheduler):
         )
         return advance(state, x0), x_next.astype(jnp.result_type(x))
 
-    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
-        """DDIM needs no input scaling; returns ``x`` (for interchangeability)."""
-        return x
-
     def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
         """:func:`jaxsched.schedules.add_noise` on the state's schedule."""
         return add_noise(state.schedule, original_samples, noise, timesteps)

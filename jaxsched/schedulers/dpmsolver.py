@@ -398,10 +398,6 @@ class _DPMBase(Scheduler):
         )
         return advance(state, x0, history=new_history), x_next.astype(jnp.result_type(x))
 
-    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
-        """DPM-Solver needs no input scaling; returns ``x``."""
-        return x
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DPMSolverMultistepScheduler(_DPMBase):
