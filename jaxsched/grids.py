@@ -52,12 +52,20 @@ def spaced_timesteps(
         ascending = np.arange(n, dtype=np.int64) * (t // n) + steps_offset
         return ascending[::-1].copy()
     if spacing == "trailing":
-        # np.arange(T, 0, -T / N) steps by the rounded difference of its first two entries.
-        stride = (t - t / n) - t
-        return np.round(t + np.arange(n) * stride).astype(np.int64) - 1
+        return trailing_timesteps(n, t, t)
     if spacing == "linspace":
         return np.linspace(0, t - 1, n).round()[::-1].astype(np.int64)
     raise ValueError(f"timestep_spacing must be one of {list(TIMESTEP_SPACINGS)}, got {spacing!r}")
+
+
+def trailing_timesteps(n: int, last_timestep: int, num_train_timesteps: int) -> np.ndarray:
+    """``round(last - i * T / n) - 1`` for the ``i`` that keep ``last - i * T / n > 0`` (at most
+    ``n``), descending. Values follow ``np.arange(last, 0, -T / n)``, which steps by the rounded
+    difference of its first two entries; its spurious last entry (a float just above 0) is not
+    produced."""
+    count = int(np.ceil(last_timestep / (num_train_timesteps / n) - 1e-9))
+    stride = (last_timestep - num_train_timesteps / n) - last_timestep
+    return np.round(last_timestep + np.arange(min(count, n)) * stride).astype(np.int64) - 1
 
 
 def ddim_grid(
@@ -175,16 +183,14 @@ def dpm_timesteps(
 
     ``linspace`` and ``leading`` space ``n + 1`` points and drop the last (t = 0); ``trailing``
     steps down from ``last_timestep`` by ``T / n`` (exactly ``n`` of them; see
-    :func:`spaced_timesteps` for the float-arange quirk it avoids).
+    :func:`trailing_timesteps` for the float-arange quirk it avoids).
     """
     if spacing == "linspace":
         return np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
     if spacing == "leading":
         stride = last_timestep // (n + 1)
         return (np.arange(n + 1) * stride)[::-1][:-1].astype(np.int64) + steps_offset
-    count = int(np.ceil(last_timestep / (num_train_timesteps / n) - 1e-9))
-    stride = (last_timestep - num_train_timesteps / n) - last_timestep
-    return np.round(last_timestep + np.arange(min(count, n)) * stride).astype(np.int64) - 1
+    return trailing_timesteps(n, last_timestep, num_train_timesteps)
 
 
 def inverse_dpm_timesteps(
@@ -196,4 +202,4 @@ def inverse_dpm_timesteps(
     if spacing == "leading":
         stride = (noisiest + 1) // (n + 1)
         return (np.arange(n + 1) * stride)[:-1].astype(np.int64) + steps_offset
-    return dpm_timesteps("trailing", n, noisiest + 1, num_train_timesteps, 0)[::-1].copy()
+    return trailing_timesteps(n, noisiest + 1, num_train_timesteps)[::-1].copy()

@@ -171,28 +171,23 @@ def noise_schedule(
     check_choice("beta_schedule", kind, BETA_SCHEDULES)
     dtype = dtype or default_float_dtype()
     check_floating_dtype("noise_schedule dtype", dtype)
+    if trained_betas is not None and np.shape(trained_betas) != (num_train_timesteps,):
+        raise ValueError(
+            f"trained_betas must have shape ({num_train_timesteps},) to match "
+            f"num_train_timesteps={num_train_timesteps}, got {np.shape(trained_betas)}"
+        )
     if all(concrete_value(v) is not None for v in (beta_start, beta_end, trained_betas)):
-        if trained_betas is not None and np.shape(trained_betas) != (num_train_timesteps,):
-            raise ValueError(
-                f"trained_betas must have shape ({num_train_timesteps},) to match "
-                f"num_train_timesteps={num_train_timesteps}, got {np.shape(trained_betas)}"
-            )
         return _concrete_schedule(
             kind,
             float(beta_start),
             float(beta_end),
             num_train_timesteps,
-            trained_betas if trained_betas is None else np.asarray(trained_betas),
+            trained_betas,
             rescale_betas_zero_snr,
             dtype,
         )
     if trained_betas is not None:
         betas = jnp.asarray(trained_betas, dtype)
-        if betas.shape != (num_train_timesteps,):
-            raise ValueError(
-                f"trained_betas must have shape ({num_train_timesteps},) to match "
-                f"num_train_timesteps={num_train_timesteps}, got {betas.shape}"
-            )
     elif kind == "linear":
         betas = linear_betas(beta_start, beta_end, num_train_timesteps, dtype)
     elif kind == "scaled_linear":

@@ -206,3 +206,28 @@ def run_dpm_side_by_side(
             ours_m = None
         alpha = float(state.coefficients.alpha[i])
         yield i, np.asarray(x_ours), x_ref.numpy(), ours_m, ref.model_outputs[-1].numpy(), alpha
+
+
+def assert_dpm_matches_diffusers(
+    config: dict,
+    num_inference_steps: int,
+    tol: float,
+    cls_name: str = "DPMSolverMultistepScheduler",
+) -> None:
+    """Every step's sample within ``tol`` (scaled by ``N / 50`` beyond 50 steps: float32 drift
+    accumulates), and every converted output within that over ``alpha`` (``x0 = (x - sigma m) /
+    alpha`` amplifies sample differences by ``1 / alpha``)."""
+    checked = 0
+    sample_tol = tol * max(1.0, num_inference_steps / 50)
+    for i, x, x_ref, m, m_ref, alpha in run_dpm_side_by_side(
+        config, num_inference_steps, cls_name=cls_name
+    ):
+        assert np.isfinite(x).all()
+        np.testing.assert_allclose(
+            x, x_ref, rtol=sample_tol, atol=sample_tol, err_msg=f"sample, step {i}"
+        )
+        if m is not None:
+            m_tol = sample_tol / min(abs(alpha), 1.0)
+            np.testing.assert_allclose(m, m_ref, rtol=m_tol, atol=m_tol, err_msg=f"converted, {i}")
+        checked += 1
+    assert checked == num_inference_steps

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _reference import SHAPE, run_dpm_side_by_side
+from _reference import SHAPE, assert_dpm_matches_diffusers, run_dpm_side_by_side
 
 import jaxsched
 
@@ -109,18 +109,7 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_every_step_matches_diffusers(case):
     config, n = case
-    checked = 0
-    sample_tol = TOL * max(1.0, n / 50)
-    for i, x, x_ref, m, m_ref, alpha in run_dpm_side_by_side(config, n):
-        assert np.isfinite(x).all()
-        np.testing.assert_allclose(
-            x, x_ref, rtol=sample_tol, atol=sample_tol, err_msg=f"sample, step {i}"
-        )
-        if m is not None:
-            tol = sample_tol / min(abs(alpha), 1.0)
-            np.testing.assert_allclose(m, m_ref, rtol=tol, atol=tol, err_msg=f"converted, {i}")
-        checked += 1
-    assert checked == n
+    assert_dpm_matches_diffusers(config, n, TOL)
 
 
 def test_trailing_spurious_step_is_dropped():
