@@ -8,125 +8,31 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxsched._checks import (
-    OptionTypeError,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    concrete_value,
-)
-from jaxsched.grids import (
-    TIMESTEP_SPACINGS,
-    array_module,
-    beta_sigmas,
-    dpm_timesteps,
-    exponential_sigmas,
-    flow_sigmas,
-    inverse_dpm_timesteps,
-    karras_sigmas,
-    sigma_to_t,
-)
-from jaxsched.schedulers.base import (
-    Scheduler,
-    advance,
-    check_init_dtype,
-    check_step_inputs,
-    current_row,
-    resolve_noise,
-)
-from jaxsched.schedules import NoiseSchedule, compute_dtype
-from jaxsched.solvers.dpmsolver import (
-    ALGORITHM_TYPES,
-    SOLVER_TYPES,
-    DPMCoefficients,
-    effective_order,
-    multistep_update,
-    step_weights,
-)
-from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
+from jaxsched._checks import OptionTypeError, check_bool, check_choice
+from jaxsched.schedulers.multistep import MultistepScheduler, sigma_spacing
+from jaxsched.schedules import NoiseSchedule
+from jaxsched.solvers.dpmsolver import ALGORITHM_TYPES, SOLVER_TYPES, step_weights
+from jaxsched.solvers.multistep import MultistepCoefficients, effective_order
 from jaxsched.state import SchedulerState
 
-DPM_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 VARIANCE_TYPES = (None, "learned", "learned_range")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-# diffusers' DPM-Solver clamps a zero terminal alphas_cumprod to this value.
-ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
-# Below this many steps, lower_order_final also lowers the last two steps (diffusers).
-LOWER_ORDER_FINAL_BELOW = 15
-
-
-def _sigma_spacing(sched) -> str | None:
-    """The sigma spacing diffusers applies, in its order of precedence."""
-    for flag, name in (
-        ("use_karras_sigmas", "karras"),
-        ("use_lu_lambdas", "lu"),
-        ("use_exponential_sigmas", "exponential"),
-        ("use_beta_sigmas", "beta"),
-        ("use_flow_sigmas", "flow"),
-    ):
-        if getattr(sched, flag):
-            return name
-    return None
-
-
-def step_orders(
-    solver_order: int,
-    num_steps: int,
-    *,
-    lower_order_final: bool,
-    euler_at_final: bool,
-    final_sigmas_type: str,
-) -> np.ndarray:
-    """The order diffusers uses at each step, ``(N,)``: warm-up (step ``i`` has at most
-    ``i + 1``), then ``euler_at_final`` / ``lower_order_final`` / a zero final sigma lower the
-    last step to 1, and ``lower_order_final`` below 15 steps the second-to-last to 2."""
-    short = lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW
-    orders = np.minimum(np.arange(num_steps) + 1, solver_order)
-    if num_steps >= 2 and short:
-        orders[-2] = min(orders[-2], 2)
-    if euler_at_final or short or final_sigmas_type == "zero":
-        orders[-1] = 1
-    return orders.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _DPMBase(Scheduler):
-    """Options, init and step shared by the forward and inverse DPM-Solver schedulers.
+class _DPMBase(MultistepScheduler):
+    """Options, weights and model-output conversion shared by the forward and inverse
+    DPM-Solver schedulers."""
 
-    All per-step work is done at ``init``: the sigma grid (``sigma_grid``, per direction), every
-    step's update weights and the order used at each step. A step gathers one row and does one
-    fused multiply-add over ``(x, m0, m1, m2, z)``.
-    """
-
-    solver_order: int = 2
-    prediction_type: str = "epsilon"
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
     algorithm_type: str = "dpmsolver++"
     solver_type: str = "midpoint"
-    lower_order_final: bool = True
     euler_at_final: bool = False
-    use_karras_sigmas: bool = False
-    use_exponential_sigmas: bool = False
-    use_beta_sigmas: bool = False
-    use_flow_sigmas: bool = False
-    flow_shift: float = 1.0
     lambda_min_clipped: float = -math.inf
     variance_type: str | None = None
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
 
-    # Forward-only options; the forward class overrides them with fields.
-    use_lu_lambdas: ClassVar[bool] = False
-    final_sigmas_type: ClassVar[str] = "sigma_min"
-    use_dynamic_shifting: ClassVar[bool] = False
+    # Forward-only option; the forward class overrides it with a field.
     exact_third_order: ClassVar[bool] = False
-    #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
-    extension_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         # diffusers maps DEIS / UniPC settings onto their DPM-Solver counterparts.
@@ -138,40 +44,9 @@ class _DPMBase(Scheduler):
 
     def _validate(self) -> None:
         super()._validate()
-        check_int("solver_order", self.solver_order)
-        check_choice("solver_order", self.solver_order, (1, 2, 3))
-        check_choice("prediction_type", self.prediction_type, DPM_PREDICTION_TYPES)
-        check_bool("thresholding", self.thresholding)
-        check_float("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio, low=0, high=1)
-        check_float("sample_max_value", self.sample_max_value, low=0.0, low_open=True)
         check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES)
         check_choice("solver_type", self.solver_type, SOLVER_TYPES)
-        for flag in (
-            "lower_order_final",
-            "euler_at_final",
-            "use_karras_sigmas",
-            "use_exponential_sigmas",
-            "use_beta_sigmas",
-            "use_flow_sigmas",
-        ):
-            check_bool(flag, getattr(self, flag))
-        if self.use_karras_sigmas + self.use_exponential_sigmas + self.use_beta_sigmas > 1:
-            raise ValueError(
-                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
-            )
-        others = [
-            f
-            for f in (
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_lu_lambdas",
-            )
-            if getattr(self, f)
-        ]
-        if self.use_flow_sigmas and others:
-            raise ValueError(f"use_flow_sigmas cannot be combined with {others}")
-        check_float("flow_shift", self.flow_shift, low=0.0, low_open=True)
+        check_bool("euler_at_final", self.euler_at_final)
         if isinstance(self.lambda_min_clipped, bool) or not isinstance(
             self.lambda_min_clipped, (int, float)
         ):
@@ -179,93 +54,13 @@ class _DPMBase(Scheduler):
                 f"lambda_min_clipped must be a number, got {self.lambda_min_clipped!r}"
             )
         check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        check_int("steps_offset", self.steps_offset, minimum=0)
         if not self.algorithm_type.endswith("++") and self.prediction_type == "flow_prediction":
             raise ValueError(
                 f"prediction_type='flow_prediction' needs a data-prediction algorithm "
                 f"('dpmsolver++' or 'sde-dpmsolver++'), got {self.algorithm_type!r}"
             )
 
-    # -- init ---------------------------------------------------------------------------------
-
-    def _schedule_for_grid(self, schedule: NoiseSchedule | None) -> NoiseSchedule:
-        """The run's schedule; diffusers clamps a zero terminal level to ``2**-24``."""
-        if schedule is None:
-            with jax.ensure_compile_time_eval():
-                schedule = self.noise_schedule()
-        else:
-            schedule = self.noise_schedule(schedule)
-        if not self.rescale_betas_zero_snr:
-            return schedule
-        abar = schedule.alphas_cumprod
-        return schedule._replace(alphas_cumprod=abar.at[-1].set(ZERO_SNR_ALPHA_CUMPROD))
-
-    def _check_timestep_range(self, timesteps: np.ndarray) -> None:
-        """Integer timesteps must index a training level (diffusers fails mid-run otherwise)."""
-        if (
-            len(timesteps) == 0
-            or timesteps.min() < 0
-            or timesteps.max() >= self.num_train_timesteps
-        ):
-            raise ValueError(
-                f"timesteps must be non-empty and lie in 0..{self.num_train_timesteps - 1} "
-                f"(check steps_offset or custom timesteps), got {timesteps.tolist()[:8]}..."
-            )
-
-    def _last_timestep(self, lambdas, xp) -> int:
-        """One past the noisiest timestep whose lambda is >= ``lambda_min_clipped``."""
-        if self.lambda_min_clipped == -math.inf:
-            return self.num_train_timesteps
-        clipped = xp.searchsorted(lambdas[::-1], self.lambda_min_clipped)
-        value = concrete_value(clipped)
-        if value is None:
-            raise ValueError(
-                "a finite lambda_min_clipped needs a concrete noise schedule (its clipped "
-                "timestep fixes the grid); build the schedule outside jit/vmap"
-            )
-        return self.num_train_timesteps - int(value)
-
-    def _training_sigmas(self, schedule: NoiseSchedule, flow_shift):
-        """``(xp, abar, sigmas, log_sigmas, lambdas)`` of the training timesteps, ``(T,)`` each,
-        in NumPy when the schedule (and shift) are concrete, else in ``jax.numpy``."""
-        shift = flow_shift if _sigma_spacing(self) == "flow" else None
-        xp = array_module(schedule.alphas_cumprod, shift)
-        abar = np.asarray(schedule.alphas_cumprod) if xp is np else schedule.alphas_cumprod
-        sigmas = ((1 - abar) / abar) ** 0.5
-        if xp is np and _sigma_spacing(self) not in (None, "flow") and sigmas[0] <= 0:
-            raise ValueError(
-                "karras / lu / exponential / beta sigmas need a smallest sigma > 0; the schedule "
-                "has alphas_cumprod[0] = 1 (beta_start = 0)"
-            )
-        lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
-        return xp, abar, sigmas, xp.log(sigmas), lambdas
-
-    @staticmethod
-    def _finish_grid(ts, sigmas, xp, table_dtype) -> tuple[jax.Array, jax.Array]:
-        """Integer timesteps (truncated, as diffusers casts them) and the sigmas in the tables'
-        dtype, as JAX arrays."""
-        if xp is np:
-            return jnp.asarray(np.asarray(ts).astype(np.int32)), jnp.asarray(
-                np.asarray(sigmas, table_dtype)
-            )
-        return jnp.asarray(ts).astype(jnp.int32), jnp.asarray(sigmas, table_dtype)
-
-    @staticmethod
-    def _sigma_ends(train_sigmas, xp):
-        """Smallest and largest training sigma; Python floats for NumPy grids, since diffusers
-        computes its sigma spacings in float64 from them."""
-        lo, hi = train_sigmas[0], train_sigmas[-1]
-        return (float(lo), float(hi)) if xp is np else (lo, hi)
-
-    def _levels(self, sigmas: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(alpha, sigma)`` of each grid sigma: VP ``1 / sqrt(1 + s^2)``, or flow ``1 - s``."""
-        if self.use_flow_sigmas:
-            return 1.0 - sigmas, sigmas
-        alpha = 1.0 / jnp.sqrt(sigmas**2 + 1.0)
-        return alpha, sigmas * alpha
-
-    def coefficients(self, sigmas: jax.Array) -> DPMCoefficients:
+    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
         """Every step's tables from the ``(N + 1,)`` sigma grid."""
         n = sigmas.shape[0] - 1
         alpha, sigma = self._levels(sigmas)
@@ -278,14 +73,7 @@ class _DPMBase(Scheduler):
         s1 = jnp.concatenate([s0[:1], s0[:-1]])
         s2 = jnp.concatenate([s1[:1], s1[:-1]])
         lambdas = (lam[1:], s0, s1, s2)
-        nominal = step_orders(
-            self.solver_order,
-            n,
-            lower_order_final=self.lower_order_final,
-            euler_at_final=self.euler_at_final,
-            final_sigmas_type=self.final_sigmas_type,
-        )
-        order = effective_order(jnp.asarray(nominal), lambdas)
+        order = effective_order(jnp.asarray(self._nominal_orders(n)), lambdas)
         weights = step_weights(
             self.algorithm_type,
             self.solver_type,
@@ -295,74 +83,14 @@ class _DPMBase(Scheduler):
             order,
             exact_third_order=self.exact_third_order,
         )
-        return DPMCoefficients(
+        return MultistepCoefficients(
             alpha=convert_alpha[:n], sigma=convert_sigma[:n], weights=weights, order=order
         )
-
-    def init(
-        self,
-        num_inference_steps: int | None,
-        shape: tuple[int, ...],
-        dtype=None,
-        schedule: NoiseSchedule | None = None,
-        *,
-        timesteps=None,
-        mu=None,
-    ) -> SchedulerState:
-        """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
-
-        Args:
-            num_inference_steps: ``N``; ``None`` when ``timesteps`` are given.
-            shape, dtype: of the samples (dtype defaults to float32, float64 with x64).
-            schedule: replaces the config's betas (may be traced).
-            timesteps: custom descending integer timesteps (not with a sigma spacing).
-            mu: with ``use_dynamic_shifting``, the flow shift is ``exp(mu)`` (may be traced).
-        """
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps and timesteps")
-        if timesteps is not None:
-            spacing = _sigma_spacing(self)
-            if spacing is not None:
-                raise ValueError(f"custom timesteps cannot be used with {spacing} sigmas")
-            num_inference_steps = len(timesteps)
-        else:
-            self.check_num_inference_steps(num_inference_steps)
-        if mu is not None and not self.use_dynamic_shifting:
-            raise ValueError("mu is only used with use_dynamic_shifting=True")
-        dtype = check_init_dtype(dtype)
-        schedule = self._schedule_for_grid(schedule)
-        mu_value = concrete_value(mu)
-        if mu is None:
-            flow_shift = self.flow_shift
-        elif mu_value is not None:
-            flow_shift = math.exp(float(mu_value))  # float64, as diffusers' np.exp(mu)
-        else:
-            flow_shift = jnp.exp(mu)
-        ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
-        table_dtype = schedule.alphas_cumprod.dtype
-        history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))
-        return SchedulerState(
-            timesteps=ts,
-            step_index=jnp.zeros((), jnp.int32),
-            coefficients=self.coefficients(sigmas),
-            schedule=schedule,
-            thresholds=self.thresholds(table_dtype),
-            pred_original_sample=jnp.zeros(shape, dtype),
-            history=history,
-        )
-
-    # -- step ---------------------------------------------------------------------------------
 
     def convert_model_output(self, state: SchedulerState, model_output, x):
         """``(target, x0)``: the model output as the solver's variable (x0 for ``++``, eps for
         noise-form algorithms) after thresholding, and the x0 prediction."""
-        row = current_row((state.coefficients.alpha, state.coefficients.sigma), state.step_index)
-        alpha, sigma = row
-        x0, eps = data_and_noise(self.prediction_type, model_output, x, alpha, sigma)
-        if self.thresholding:
-            t = state.thresholds
-            x0 = dynamic_threshold(x0, t.dynamic_thresholding_ratio, t.sample_max_value)
-            eps = noise_from_data(x, x0, alpha, sigma)
+        x0, eps, _, _ = self._data_and_noise(state, model_output, x)
         return (x0 if self.algorithm_type.endswith("++") else eps), x0
 
     def step(
@@ -382,21 +110,7 @@ class _DPMBase(Scheduler):
         """
         if self.variance_type is not None and self.prediction_type == "epsilon":
             model_output = model_output[:, : jnp.shape(x)[1]]
-        check_step_inputs(state, model_output, t, x)
-        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
-        noise = resolve_noise(
-            self.algorithm_type.startswith("sde"), key, noise, jnp.shape(x), dtype
-        )
-        x_c = jnp.asarray(x).astype(dtype)
-        target, x0 = self.convert_model_output(state, jnp.asarray(model_output).astype(dtype), x_c)
-        history = tuple(m.astype(dtype) for m in state.history)
-        weights = current_row(state.coefficients.weights, state.step_index)
-        x_next = multistep_update(x_c, target, history, weights, noise)
-        new_history = (target, *history[:-1])[: len(history)]
-        new_history = tuple(
-            m.astype(h.dtype) for m, h in zip(new_history, state.history, strict=True)
-        )
-        return advance(state, x0, history=new_history), x_next.astype(jnp.result_type(x))
+        return super().step(state, model_output, t, x, key=key, noise=noise)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -442,39 +156,21 @@ class DPMSolverMultistepScheduler(_DPMBase):
         ``sigmas`` are ``sqrt((1 - a) / a)`` (flow sigmas in ``[0, 1]`` with
         ``use_flow_sigmas``), the last one the final sigma.
         """
-        xp, abar, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
-        spacing = _sigma_spacing(self)
+        xp, _, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
         n = num_inference_steps
-        if timesteps is not None:
-            ts = np.asarray(timesteps).astype(np.int64)
-        elif spacing is None:
-            last = self._last_timestep(lambdas, xp)
-            ts = dpm_timesteps(
-                self.timestep_spacing, n, last, self.num_train_timesteps, self.steps_offset
+        if sigma_spacing(self) is not None:
+            sigmas, ts = self._spaced_sigmas(
+                n,
+                xp,
+                train_sigmas,
+                log_sigmas,
+                flow_shift,
+                ascending=False,
+                round_karras=self.beta_schedule != "squaredcos_cap_v2",
             )
-        if spacing is None:
-            self._check_timestep_range(ts)
-        lo, hi = self._sigma_ends(train_sigmas, xp)
-        cosine = self.beta_schedule == "squaredcos_cap_v2"
-        if spacing in ("karras", "lu"):
-            sigmas = (
-                karras_sigmas(lo, hi, n, xp)
-                if spacing == "karras"
-                else xp.exp(xp.linspace(*self._sigma_ends(log_sigmas, xp)[::-1], n))
-            )
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-            ts = ts if cosine else xp.round(ts)
-        elif spacing in ("exponential", "beta"):
-            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
-            sigmas = make(lo, hi, n, xp)
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-        elif spacing == "flow":
-            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)
-            ts = sigmas * self.num_train_timesteps
         else:
-            sigmas = xp.interp(
-                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
-            )
+            ts = self._descending_timesteps(n, timesteps, self._last_timestep(lambdas, xp))
+            sigmas = self._sigmas_at(ts, xp, train_sigmas)
         final = train_sigmas[0] if self.final_sigmas_type == "sigma_min" else 0.0
         sigmas = xp.concatenate([sigmas, xp.asarray([final], sigmas.dtype)])
         return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)
@@ -497,6 +193,8 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
     inverse_class_name: ClassVar[str] = "DPMSolverMultistepScheduler"
     extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 
+    sigma_grid = MultistepScheduler.inverse_sigma_grid
+
     def _validate(self) -> None:
         super()._validate()
         check_bool("exact_third_order", self.exact_third_order)
@@ -508,42 +206,3 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
                 "forward diffusion, ignores the model). Invert with 'dpmsolver++' or 'dpmsolver' "
                 "(the probability-flow ODE), or noise data with jaxsched.add_noise"
             )
-
-    def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
-        """``(timesteps (N,) int, sigmas (N + 1,))`` ascending, as diffusers' inverse builds
-        them: sigma spacings end with their last sigma repeated (a zero-length last step);
-        the default grid ends at the noisiest unclipped timestep."""
-        if timesteps is not None:
-            raise ValueError("DPMSolverMultistepInverseScheduler takes no custom timesteps")
-        xp, abar, train_sigmas, log_sigmas, lambdas = self._training_sigmas(schedule, flow_shift)
-        n = num_inference_steps
-        spacing = _sigma_spacing(self)
-        noisiest = self._last_timestep(lambdas, xp) - 1 if spacing is None else None
-        lo, hi = self._sigma_ends(train_sigmas, xp)
-        if spacing == "karras":
-            sigmas = karras_sigmas(hi, lo, n, xp)  # ascending: diffusers passes the ends swapped
-            ts = xp.round(sigma_to_t(sigmas, log_sigmas, xp))
-        elif spacing == "beta" and xp is jnp:
-            # diffusers' hi + q (lo - hi) cancels at the small end in float32; Beta(0.6, 0.6) is
-            # symmetric, so the reversed forward grid is the same grid without cancellation.
-            sigmas = beta_sigmas(lo, hi, n, xp)[::-1]
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-        elif spacing in ("exponential", "beta"):
-            make = exponential_sigmas if spacing == "exponential" else beta_sigmas
-            sigmas = make(hi, lo, n, xp)
-            ts = sigma_to_t(sigmas, log_sigmas, xp)
-        elif spacing == "flow":
-            sigmas = flow_sigmas(n, self.num_train_timesteps, flow_shift, xp)[::-1]
-            ts = sigmas * self.num_train_timesteps
-        else:
-            ts = inverse_dpm_timesteps(
-                self.timestep_spacing, n, noisiest, self.num_train_timesteps, self.steps_offset
-            )
-            self._check_timestep_range(ts)
-            sigmas = xp.interp(
-                xp.asarray(ts, train_sigmas.dtype), xp.arange(len(abar)), train_sigmas
-            )
-            sigmas = xp.concatenate([sigmas, train_sigmas[noisiest : noisiest + 1]])
-            return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)
-        sigmas = xp.concatenate([sigmas, sigmas[-1:]])
-        return self._finish_grid(ts, sigmas, xp, schedule.alphas_cumprod.dtype)

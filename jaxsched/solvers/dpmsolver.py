@@ -7,45 +7,19 @@ lambda_s0``) with converted model outputs ``m0, m1, m2`` at ``s0, s1, s2`` is
     x_t = a x_s0 + k0 D0 + k1 D1 + k2 D2 + c z
 
 with ``D0 = m0`` and the divided differences ``D1, D2`` of DPM-Solver++ (2023), eq. 8 and
-Appendix B. Every term is linear in ``(x, m0, m1, m2, z)``, so each order's ``k``'s are folded
-into per-step weights ``x_t = a x + b0 m0 + b1 m1 + b2 m2 + c z``, computed once at ``init``:
-order selection is table values, and a step is one fused expression.
+Appendix B. Every term is linear in ``(x, m0, m1, m2, z)``, so each order's ``k``'s fold into
+the shared :class:`~jaxsched.solvers.multistep.StepWeights`, computed once at ``init``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
+from jaxsched.solvers.multistep import StepWeights, guarded_inverse
+
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
-
-
-class StepWeights(NamedTuple):
-    """``x_t = a x + b0 m0 + b1 m1 + b2 m2 + c z`` for one or many steps (arrays alike)."""
-
-    a: jax.Array
-    b0: jax.Array
-    b1: jax.Array
-    b2: jax.Array
-    c: jax.Array
-
-
-class DPMCoefficients(NamedTuple):
-    """Per-step DPM-Solver tables, each ``(N,)``, built at ``init``.
-
-    Attributes:
-        alpha, sigma: scales of the level each step starts from (``x = alpha x0 + sigma eps``).
-        weights: the update weights of the order used at that step.
-        order: the order used at each step (int32), after warm-up and final-step rules.
-    """
-
-    alpha: jax.Array
-    sigma: jax.Array
-    weights: StepWeights
-    order: jax.Array
 
 
 def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h, exact: bool):
@@ -134,9 +108,9 @@ def step_weights(
     r1 = (lambda_s1 - lambda_s2) / safe_h
     # Divided differences need distinct history points; orders that would divide by 0 are
     # never selected (see effective_order), so guard the divisions only.
-    inv_r0 = jnp.where(order >= 2, 1.0 / jnp.where(r0 != 0, r0, 1.0), 0.0)
-    inv_r1 = jnp.where(order >= 3, 1.0 / jnp.where(r1 != 0, r1, 1.0), 0.0)
-    inv_sum = jnp.where(order >= 3, 1.0 / jnp.where(r0 + r1 != 0, r0 + r1, 1.0), 0.0)
+    inv_r0 = guarded_inverse(r0, order >= 2)
+    inv_r1 = guarded_inverse(r1, order >= 3)
+    inv_sum = guarded_inverse(r0 + r1, order >= 3)
     # Order 3: weights of D1_0 and D1_1.
     g0 = k1_third * (1.0 + r0 * inv_sum) + k2 * inv_sum
     g1 = -k1_third * r0 * inv_sum - k2 * inv_sum
@@ -155,27 +129,3 @@ def step_weights(
         b2=jnp.where(moving, b2, zero),
         c=jnp.where(moving, c, zero),
     )
-
-
-def effective_order(nominal: jax.Array, lambdas: tuple[jax.Array, ...]) -> jax.Array:
-    """Lower the order where the history points coincide (a divided difference over a zero
-    interval is undefined): ``h0 = 0`` -> order 1, ``h1 = 0`` -> at most order 2."""
-    _, lambda_s0, lambda_s1, lambda_s2 = lambdas
-    order = jnp.where(lambda_s0 == lambda_s1, jnp.minimum(nominal, 1), nominal)
-    return jnp.where(lambda_s1 == lambda_s2, jnp.minimum(order, 2), order)
-
-
-def multistep_update(
-    x: jax.Array,
-    m0: jax.Array,
-    history: tuple[jax.Array, ...],
-    weights: StepWeights,
-    noise: jax.Array | None,
-) -> jax.Array:
-    """``a x + b0 m0 + b1 m1 + b2 m2 + c z`` for one step (scalar weights)."""
-    out = weights.a * x + weights.b0 * m0
-    for weight, m in zip((weights.b1, weights.b2), history, strict=False):
-        out = out + weight * m
-    if noise is not None:
-        out = out + weights.c * noise
-    return out
