@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 
@@ -138,22 +139,25 @@ def run_side_by_side(
         )
 
 
-def run_dpm_side_by_side(
+def run_multistep_side_by_side(
     config: dict,
     num_inference_steps: int,
     *,
+    cls_name: str,
+    float64: bool = False,
     seed: int = 0,
     steps: int | None = None,
-    cls_name: str = "DPMSolverMultistepScheduler",
     begin_index: bool = False,
-):
-    """Yield ``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each DPMSolverMultistepScheduler
-    step: the samples and the converted model outputs (the solver's x0 or eps; ``None`` for a
-    first-order noise-form solver, which keeps no history), as float32 NumPy, and the signal
-    scale ``alpha`` of the level the step started from.
+) -> list[tuple]:
+    """``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each step of a multistep scheduler
+    (DPM-Solver or DEIS): the samples and the converted model outputs (the solver's x0 or eps;
+    ``None`` for a first-order noise-form solver, which keeps no history) as NumPy, and the
+    signal scale ``alpha`` of the level the step started from.
 
     Both get the same start, perturbations and SDE noise; each feeds the model its own sample.
-    diffusers runs its updates in float32 whatever the sample dtype, so this is float32 only.
+    diffusers runs its updates in float32 whatever the sample dtype; with ``float64`` it gets
+    jaxsched's float64 sigma grid (same timesteps, the grid built from float64 betas) and
+    float64 inputs, so its update formulas run in float64 and the comparison isolates them.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -162,26 +166,40 @@ def run_dpm_side_by_side(
         if begin_index:  # count steps instead of looking repeated timesteps up
             ref.set_begin_index(0)
         sched = jaxsched.from_config(dict(ref.config), cls=cls_name)
-    state = sched.init(num_inference_steps, SHAPE)
+    np_dtype = np.float64 if float64 else np.float32
+    with jax.enable_x64(float64):
+        return list(_run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps))
+
+
+def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
+    state = sched.init(num_inference_steps, SHAPE, np_dtype)
     n = len(state.timesteps)
-    np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy()[:n])
-    rng = np.random.default_rng(seed)
-    x_start = rng.standard_normal(SHAPE).astype(np.float32)
-    if "Inverse" in cls_name:
-        x_start = (DATA_STD * x_start).astype(np.float32)
-    x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
+    ours_t, ref_t = np.asarray(state.timesteps), ref.timesteps.numpy()[:n]
     abar = ref.alphas_cumprod.numpy()
+    if np_dtype == np.float32:
+        np.testing.assert_array_equal(ours_t, ref_t)
+    else:  # a float64 grid may round a timestep the other way; both call the model at ref's t
+        np.testing.assert_array_less(np.abs(ours_t - ref_t), 2)
+        schedule = sched.noise_schedule()
+        _, sigmas = sched.sigma_grid(schedule, num_inference_steps, None, sched.flow_shift)
+        ref.sigmas = torch.from_numpy(np.array(sigmas))
+        abar = np.asarray(schedule.alphas_cumprod)
+    rng = np.random.default_rng(seed)
+    x_start = rng.standard_normal(SHAPE).astype(np_dtype)
+    if "Inverse" in type(ref).__name__:
+        x_start = (DATA_STD * x_start).astype(np_dtype)
+    x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
     sde = sched.algorithm_type.startswith("sde")
     pred = sched.prediction_type
     step = jax.jit(sched.step)
     for i in range(n if steps is None else steps):
         t = int(ref.timesteps[i])
-        perturbation = 0.1 * rng.standard_normal(SHAPE).astype(np.float32)
-        z = rng.standard_normal(SHAPE).astype(np.float32)
+        perturbation = 0.1 * rng.standard_normal(SHAPE).astype(np_dtype)
+        z = rng.standard_normal(SHAPE).astype(np_dtype)
 
         def model(x, perturbation=perturbation, t=t):
             if pred == "flow_prediction":  # v = eps - x0 for N(0, DATA_STD^2) data, roughly
-                return (-0.5 * x + perturbation).astype(np.float32)
+                return (-0.5 * x + perturbation).astype(np_dtype)
             return model_output(pred, x, abar[t], perturbation)
 
         ref_out = ref.step(
@@ -208,19 +226,22 @@ def run_dpm_side_by_side(
         yield i, np.asarray(x_ours), x_ref.numpy(), ours_m, ref.model_outputs[-1].numpy(), alpha
 
 
-def assert_dpm_matches_diffusers(
+def assert_multistep_matches_diffusers(
     config: dict,
     num_inference_steps: int,
     tol: float,
-    cls_name: str = "DPMSolverMultistepScheduler",
+    *,
+    cls_name: str,
+    float64: bool = False,
+    begin_index: bool = False,
 ) -> None:
-    """Every step's sample within ``tol`` (scaled by ``N / 50`` beyond 50 steps: float32 drift
-    accumulates), and every converted output within that over ``alpha`` (``x0 = (x - sigma m) /
-    alpha`` amplifies sample differences by ``1 / alpha``)."""
+    """Every step's sample within ``tol`` (scaled by ``N / 50`` beyond 50 steps: rounding
+    drift accumulates), and every converted output within that over ``alpha`` (``x0 = (x -
+    sigma m) / alpha`` amplifies sample differences by ``1 / alpha``)."""
     checked = 0
     sample_tol = tol * max(1.0, num_inference_steps / 50)
-    for i, x, x_ref, m, m_ref, alpha in run_dpm_side_by_side(
-        config, num_inference_steps, cls_name=cls_name
+    for i, x, x_ref, m, m_ref, alpha in run_multistep_side_by_side(
+        config, num_inference_steps, cls_name=cls_name, float64=float64, begin_index=begin_index
     ):
         assert np.isfinite(x).all()
         np.testing.assert_allclose(
@@ -231,3 +252,27 @@ def assert_dpm_matches_diffusers(
             np.testing.assert_allclose(m, m_ref, rtol=m_tol, atol=m_tol, err_msg=f"converted, {i}")
         checked += 1
     assert checked == num_inference_steps
+
+
+def diffusers_update_orders(cls_name: str, config: dict, n: int, updates: tuple[str, ...]):
+    """The order of the update diffusers actually calls at each step (instrumented);
+    ``updates`` names its first-, second- and third-order update methods."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = getattr(diffusers, cls_name)(**config)
+    ref.set_timesteps(n)
+    called = []
+    for order, name in enumerate(updates, start=1):
+        original = getattr(ref, name)
+
+        def record(*args, _order=order, _original=original, **kwargs):
+            called.append(_order)
+            return _original(*args, **kwargs)
+
+        setattr(ref, name, record)
+    x = torch.zeros(1, 1)
+    stochastic = "variance_noise" in inspect.signature(ref.step).parameters
+    extra = {"variance_noise": torch.zeros(1, 1)} if stochastic else {}
+    for t in ref.timesteps:
+        ref.step(0.1 * torch.ones(1, 1), t, x, **extra)
+    return called

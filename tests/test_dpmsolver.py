@@ -23,10 +23,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _reference import SHAPE, assert_dpm_matches_diffusers, run_dpm_side_by_side
+from _reference import (
+    SHAPE,
+    assert_multistep_matches_diffusers,
+    diffusers_update_orders,
+    run_multistep_side_by_side,
+)
 
 import jaxsched
 
+CLS = "DPMSolverMultistepScheduler"
+DPM_UPDATES = (
+    "dpm_solver_first_order_update",
+    "multistep_dpm_solver_second_order_update",
+    "multistep_dpm_solver_third_order_update",
+)
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 MIN = {"final_sigmas_type": "sigma_min"}
 NOISE = {"algorithm_type": "dpmsolver", **MIN}
@@ -109,7 +120,7 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_every_step_matches_diffusers(case):
     config, n = case
-    assert_dpm_matches_diffusers(config, n, TOL)
+    assert_multistep_matches_diffusers(config, n, TOL, cls_name=CLS)
 
 
 def test_trailing_spurious_step_is_dropped():
@@ -123,7 +134,9 @@ def test_trailing_spurious_step_is_dropped():
     assert len(ref.timesteps) == 62 and int(ref.timesteps[-1]) == -1
     state = jaxsched.DPMSolverMultistepScheduler(timestep_spacing="trailing").init(61, SHAPE)
     assert state.num_inference_steps == 61
-    for i, x, x_ref, *_ in run_dpm_side_by_side({"timestep_spacing": "trailing"}, 61, steps=60):
+    for i, x, x_ref, *_ in run_multistep_side_by_side(
+        {"timestep_spacing": "trailing"}, 61, cls_name=CLS, steps=60
+    ):
         np.testing.assert_allclose(x, x_ref, rtol=TOL, atol=TOL, err_msg=f"sample, step {i}")
 
 
@@ -139,34 +152,6 @@ def test_case_matrix_covers_every_option():
         "num_train_timesteps",
         "exact_third_order",
     } | ({"beta_start", "beta_end"} - options), untested
-
-
-def _diffusers_orders(config: dict, n: int) -> list[int]:
-    """The update diffusers actually calls at each step (instrumented)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = diffusers.DPMSolverMultistepScheduler(**config)
-    ref.set_timesteps(n)
-    called = []
-    for order, name in enumerate(
-        (
-            "dpm_solver_first_order_update",
-            "multistep_dpm_solver_second_order_update",
-            "multistep_dpm_solver_third_order_update",
-        ),
-        start=1,
-    ):
-        original = getattr(ref, name)
-
-        def record(*args, _order=order, _original=original, **kwargs):
-            called.append(_order)
-            return _original(*args, **kwargs)
-
-        setattr(ref, name, record)
-    x = torch.zeros(1, 1)
-    for t in ref.timesteps:
-        ref.step(0.1 * torch.ones(1, 1), t, x, variance_noise=torch.zeros(1, 1))
-    return called
 
 
 @pytest.mark.parametrize("solver_order", [1, 2, 3])
@@ -185,7 +170,9 @@ def _diffusers_orders(config: dict, n: int) -> list[int]:
 def test_order_table_matches_diffusers(solver_order, n, flags):
     config = {"solver_order": solver_order, **flags}
     state = jaxsched.DPMSolverMultistepScheduler(**config).init(n, (1, 1))
-    np.testing.assert_array_equal(state.coefficients.order, _diffusers_orders(config, n))
+    np.testing.assert_array_equal(
+        state.coefficients.order, diffusers_update_orders(CLS, config, n, DPM_UPDATES)
+    )
 
 
 # -- where diffusers fails ---------------------------------------------------------------------
@@ -236,7 +223,7 @@ def test_cosine_schedule_with_repeated_first_timesteps(spacing):
         for t in ref.timesteps:
             x = ref.step(0.5 * x, t, x).prev_sample
     checked = 0
-    for i, x, x_ref, *_ in run_dpm_side_by_side(config, 25, begin_index=True):
+    for i, x, x_ref, *_ in run_multistep_side_by_side(config, 25, cls_name=CLS, begin_index=True):
         np.testing.assert_allclose(x, x_ref, rtol=TOL, atol=TOL, err_msg=f"sample, step {i}")
         checked += 1
     assert checked == 25

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _reference import SHAPE, assert_dpm_matches_diffusers
+from _reference import SHAPE, assert_multistep_matches_diffusers
 
 import jaxsched
 from jaxsched.analytic import epsilon_model, random_mixture
@@ -64,7 +64,7 @@ CASES = [
 )
 def test_every_step_matches_diffusers(case):
     config, n = case
-    assert_dpm_matches_diffusers(config, n, TOL, cls_name=CLS)
+    assert_multistep_matches_diffusers(config, n, TOL, cls_name=CLS)
 
 
 @pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", CLS])

@@ -2,6 +2,7 @@
 
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedulers.ddim import DDIMInverseScheduler, DDIMScheduler
+from jaxsched.schedulers.deis import DEISMultistepInverseScheduler, DEISMultistepScheduler
 from jaxsched.schedulers.dpmsolver import (
     DPMSolverMultistepInverseScheduler,
     DPMSolverMultistepScheduler,
@@ -12,6 +13,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     for cls in (
         DDIMScheduler,
         DDIMInverseScheduler,
+        DEISMultistepScheduler,
+        DEISMultistepInverseScheduler,
         DPMSolverMultistepScheduler,
         DPMSolverMultistepInverseScheduler,
     )
@@ -21,6 +24,8 @@ __all__ = [
     "SCHEDULERS",
     "DDIMInverseScheduler",
     "DDIMScheduler",
+    "DEISMultistepInverseScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
     "Scheduler",

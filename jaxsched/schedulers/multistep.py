@@ -201,8 +201,9 @@ class MultistepScheduler(Scheduler):
                 "karras / lu / exponential / beta sigmas need a smallest sigma > 0; the schedule "
                 "has alphas_cumprod[0] = 1 (beta_start = 0)"
             )
-        lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
-        return xp, abar, sigmas, xp.log(sigmas), lambdas
+        with np.errstate(divide="ignore"):  # a zero sigma (beta_start = 0) has log -inf
+            lambdas = xp.log(xp.sqrt(abar)) - xp.log(xp.sqrt(1 - abar))
+            return xp, abar, sigmas, xp.log(sigmas), lambdas
 
     @staticmethod
     def _finish_grid(ts, sigmas, xp, table_dtype) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,556 @@
+"""DEISMultistepScheduler against diffusers, step by step, plus what diffusers lacks: weights
+without cancellation, the zero-length-last-step fix and the DEIS inverse."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import warnings
+
+import chex
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from _reference import (
+    SHAPE,
+    assert_multistep_matches_diffusers,
+    diffusers_update_orders,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.integrate import quad
+
+import jaxsched
+from jaxsched.analytic import epsilon_model, random_mixture
+from jaxsched.solvers.deis import deis_step_weights
+
+CLS = "DEISMultistepScheduler"
+INVERSE = "DEISMultistepInverseScheduler"
+DEIS_UPDATES = (
+    "deis_first_order_update",
+    "multistep_deis_second_order_update",
+    "multistep_deis_third_order_update",
+)
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+# float32 against stock diffusers (its weights cancel: order 3 drifts as steps shrink) ...
+TOL32 = {1: 5e-5, 2: 5e-5, 3: 3e-4}
+# ... and float64 against diffusers' formulas run in float64 on the same grid. diffusers is
+# told to count steps from the start (set_begin_index(0), as its pipelines do): it otherwise
+# looks each step up by timestep value and overruns on repeated timesteps (cosine + karras).
+TOL64 = 1e-9
+
+CASES = [
+    ({}, 1),
+    ({}, 2),
+    ({}, 10),
+    ({"solver_order": 1}, 25),
+    ({"solver_order": 2}, 200),
+    ({"solver_order": 3}, 25),
+    ({"solver_order": 3}, 50),
+    ({"solver_order": 3}, 200),
+    ({"solver_order": 3, **SD}, 30),
+    ({"solver_order": 3, **SD}, 150),
+    ({"solver_order": 3, "lower_order_final": False}, 8),
+    ({"solver_order": 3, "use_karras_sigmas": True}, 20),
+    ({"use_karras_sigmas": True, **SD}, 100),
+    ({"solver_order": 3, "use_exponential_sigmas": True}, 15),
+    ({"use_exponential_sigmas": True, **SD}, 50),
+    ({"use_beta_sigmas": True}, 12),
+    ({"solver_order": 3, "use_beta_sigmas": True}, 30),
+    ({"solver_order": 3, **FLOW, "flow_shift": 3.0}, 20),
+    ({**FLOW}, 1),
+    ({"prediction_type": "flow_prediction", "solver_order": 3}, 10),
+    ({"prediction_type": "sample", "timestep_spacing": "trailing"}, 25),
+    (
+        {
+            "prediction_type": "v_prediction",
+            "thresholding": True,
+            "dynamic_thresholding_ratio": 0.9,
+            "sample_max_value": 1.5,
+        },
+        20,
+    ),
+    ({"thresholding": True, "solver_order": 3}, 10),
+    ({"timestep_spacing": "leading", "steps_offset": 1, **SD}, 50),
+    ({"timestep_spacing": "leading", "beta_schedule": "squaredcos_cap_v2"}, 20),
+    ({"timestep_spacing": "trailing", "solver_order": 3}, 7),
+    ({"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True}, 25),
+    ({"trained_betas": np.linspace(1e-4, 0.03, 1000).tolist(), "solver_order": 3}, 10),
+    ({"num_train_timesteps": 500, "beta_end": 0.03, "solver_order": 3}, 40),
+    ({"algorithm_type": "dpmsolver++", "solver_type": "midpoint"}, 10),
+    ({"solver_order": 3, "use_exponential_sigmas": True}, 200),
+]
+
+
+def _case_id(case) -> str:
+    config, n = case
+    opts = ",".join(
+        f"{k}={v}"
+        for k, v in config.items()
+        if k not in ("trained_betas", "beta_start", "beta_end")
+    )
+    return f"{n}-{opts or 'default'}{'-trained' if 'trained_betas' in config else ''}"
+
+
+def _float32_comparable(config: dict, n: int) -> bool:
+    """Ordinary step counts; and not diffusers' third order on beta sigmas, whose tiny end steps
+    make its float32 weights cancel already at 5 steps (they agree in float64, below)."""
+    third = config.get("solver_order", 2) == 3
+    return n <= 50 and not (third and config.get("use_beta_sigmas") and n > 3)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if _float32_comparable(*c)], ids=_case_id)
+def test_float32_steps_match_diffusers(case):
+    config, n = case
+    tol = TOL32[config.get("solver_order", 2)]
+    assert_multistep_matches_diffusers(config, n, tol, cls_name=CLS, begin_index=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_float64_steps_match_diffusers_formulas(case):
+    config, n = case
+    assert_multistep_matches_diffusers(
+        config, n, TOL64, cls_name=CLS, float64=True, begin_index=True
+    )
+
+
+def test_case_matrix_covers_every_option():
+    assert len(CASES) >= 25
+    assert {n for _, n in CASES} >= {1, 2, 200}
+    options = set().union(*(c[0] for c in CASES))
+    fields = set(jaxsched.DEISMultistepScheduler().config)
+    untested = fields - options
+    # mu / dynamic shifting and time_shift_type are tested below, the extension too.
+    assert untested <= {"use_dynamic_shifting", "time_shift_type", "repeat_final_sigma"}, untested
+
+
+def test_options_and_defaults_are_diffusers_signature():
+    cls = jaxsched.DEISMultistepScheduler
+    ours = {
+        f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.extension_options
+    }
+    params = inspect.signature(diffusers.DEISMultistepScheduler.__init__).parameters
+    assert ours == {k: p.default for k, p in params.items() if k != "self"}
+    inverse = {f.name for f in dataclasses.fields(jaxsched.DEISMultistepInverseScheduler)}
+    assert inverse == set(jaxsched.DEISMultistepScheduler().config) - {
+        "use_dynamic_shifting",
+        "time_shift_type",
+    }
+
+
+@pytest.mark.parametrize("solver_order", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 14, 15, 30])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_order_table_matches_diffusers(solver_order, n, lower_order_final):
+    config = {"solver_order": solver_order, "lower_order_final": lower_order_final}
+    state = jaxsched.DEISMultistepScheduler(**config).init(n, (1, 1))
+    expected = diffusers_update_orders(CLS, config, n, DEIS_UPDATES)
+    np.testing.assert_array_equal(state.coefficients.order, expected)
+
+
+# -- the weights ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    order=st.integers(1, 3),
+    log_rho_s0=st.floats(-4.0, 4.0),
+    gaps=st.tuples(st.floats(0.01, 0.8), st.floats(0.01, 0.8)),
+    step=st.floats(-1.5, 1.5).filter(lambda v: abs(v) > 1e-3),
+    degree=st.integers(0, 2),
+)
+def test_weights_integrate_polynomials_in_log_rho_exactly(order, log_rho_s0, gaps, step, degree):
+    """For noise predictions that are a polynomial of degree < order in log rho, one step is the
+    exact solution of d(x / alpha) = eps d rho (checked against scipy's quadrature)."""
+    if degree >= order:
+        return
+    with jax.enable_x64(True):
+        direction = -1.0 if step < 0 else 1.0  # history lies behind the direction of travel
+        nodes = [log_rho_s0, log_rho_s0 - direction * gaps[0]]
+        nodes.append(nodes[1] - direction * gaps[1])
+        log_t = log_rho_s0 + step
+        weights = deis_step_weights(
+            (jnp.ones(1), jnp.ones(1)),
+            (jnp.exp(jnp.array([log_rho_s0])), jnp.exp(jnp.array([log_t]))),
+            tuple(jnp.array([v]) for v in (log_t, *nodes)),
+            jnp.array([order]),
+        )
+
+        def eps(ell):
+            return (ell - 0.3) ** degree
+
+        got = sum(float(w[0]) * eps(v) for w, v in zip(weights[1:4], nodes, strict=True))
+        exact, _ = quad(lambda ell: eps(ell) * math.exp(ell), log_rho_s0, log_t, epsabs=1e-13)
+        assert float(weights.a[0]) == 1.0
+        np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-12)
+
+
+def _diffusers_third_order_weights(rho_t, rho_s0, rho_s1, rho_s2):
+    """diffusers' third-order DEIS weights: differences of its antiderivative (float32)."""
+    logs = [np.log(np.float32(v)) for v in (rho_t, rho_s0, rho_s1, rho_s2)]
+
+    def antiderivative(t, log_t, b, c, d):
+        numerator = t * (c * (d - log_t + 1) - d * log_t + d + log_t**2 - 2 * log_t + np.float32(2))
+        return numerator / ((b - c) * (b - d))
+
+    lt, l0, l1, l2 = logs
+    rt, r0 = np.float32(rho_t), np.float32(rho_s0)
+    return [
+        antiderivative(rt, lt, b, c, d) - antiderivative(r0, l0, b, c, d)
+        for b, c, d in ((l0, l1, l2), (l1, l2, l0), (l2, l0, l1))
+    ]
+
+
+def test_float32_weights_keep_their_precision_where_diffusers_cancel():
+    """On the same float32 grid of 500 steps, diffusers' float32 third-order weights are off by
+    percent; jaxsched's float32 weights are within 1e-4 of the exact (float64) ones (measured
+    3e-5: the rounding of the float32 log-rho nodes, relative to the step, moves weight between
+    the history terms; their sum, which multiplies the smooth part of eps, is exact)."""
+    sched = jaxsched.DEISMultistepScheduler(solver_order=3)
+    with jax.enable_x64(True):
+        _, sigmas = sched.sigma_grid(sched.noise_schedule(), 500, None, 1.0)
+        rho = np.asarray(sigmas, np.float32)
+        exact = jax.tree.map(np.asarray, sched.coefficients(jnp.asarray(rho, jnp.float64)).weights)
+    ours = sched.coefficients(jnp.asarray(rho)).weights
+    assert ours.b0.dtype == jnp.float32
+    scale = np.abs(exact.b0)
+    for name in ("b0", "b1", "b2"):
+        error = np.abs(np.asarray(getattr(ours, name), np.float64) - getattr(exact, name))
+        assert np.max(error / scale) < 1e-4, name
+    i = 250  # a third-order step in the middle of the run
+    theirs = _diffusers_third_order_weights(rho[i + 1], rho[i], rho[i - 1], rho[i - 2])
+    alpha_t = 1.0 / math.sqrt(1.0 + float(rho[i + 1]) ** 2)
+    relative = abs(alpha_t * float(theirs[0]) - exact.b0[i]) / abs(exact.b0[i])
+    assert relative > 1e-2, relative  # measured 2e-1
+
+
+# -- convergence on the analytic problem ------------------------------------------------------
+
+STEPS = (50, 100, 200, 500)
+
+
+def _levels_run(sched, n, mixture, x):
+    """Sample with the exact noise prediction at each grid level (not at the integer training
+    timestep), so the error is the solver's alone."""
+    from jaxsched.analytic import optimal_epsilon
+
+    _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, sched.flow_shift)
+    levels = 1.0 / (1.0 + jnp.asarray(sigmas)[:n] ** 2)
+
+    def body(carry, abar):
+        state, x = carry
+        t = state.timesteps[state.step_index]
+        return sched.step(state, optimal_epsilon(mixture, x, abar), t, x), None
+
+    (_, out), _ = jax.lax.scan(body, (sched.init(n, x.shape), x), levels)
+    return np.asarray(out), np.asarray(sigmas)
+
+
+@pytest.fixture(scope="module")
+def convergence_errors():
+    """RMS error per order and step count on log-rho-uniform grids (exponential sigmas with
+    every step moving), against the probability-flow ODE solved by DOP853 to 1e-11."""
+    from test_convergence import _exact_flow
+
+    with jax.enable_x64(True):
+        mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
+        x = jax.random.normal(jax.random.key(1), (64, 16), jnp.float64)
+        grid = {"use_exponential_sigmas": True, "repeat_final_sigma": False}
+        _, sigmas = _levels_run(jaxsched.DEISMultistepScheduler(**grid), 4, mixture, x)
+        exact = _exact_flow(mixture, np.asarray(x), -np.log(sigmas[0]), -np.log(sigmas[-1]))
+        errors = {}
+        for order in (1, 2, 3):
+            sched = jaxsched.DEISMultistepScheduler(solver_order=order, **grid)
+            errors[order] = np.array(
+                [
+                    np.sqrt(np.mean((_levels_run(sched, n, mixture, x)[0] - exact) ** 2))
+                    for n in STEPS
+                ]
+            )
+    return errors
+
+
+@pytest.mark.parametrize(("order", "minimum"), [(1, 0.9), (2, 1.8), (3, 2.5)])
+def test_convergence_orders_in_float64(convergence_errors, order, minimum):
+    """Measured: 1.57 / 1.87 / 2.68 fitted over 50..500 steps."""
+    errors = convergence_errors[order]
+    assert np.all(np.diff(errors) < 0), errors
+    fitted = -np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
+    assert fitted >= minimum, (fitted, errors)
+
+
+def test_third_order_keeps_converging_to_500_steps(convergence_errors):
+    errors = dict(zip(STEPS, convergence_errors[3], strict=True))
+    assert errors[500] < errors[200] / 5, errors
+    assert errors[500] < convergence_errors[2][-1] < convergence_errors[1][-1]
+
+
+# -- the zero-length last step -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spacing", ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"]
+)
+def test_repeated_final_sigma_is_reproduced_and_can_be_fixed(spacing):
+    config = {spacing: True, "solver_order": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DEISMultistepScheduler(**config)
+    ref.set_timesteps(12)
+    assert float(ref.sigmas[-1]) == float(ref.sigmas[-2])  # diffusers' wasted last call
+    default = jaxsched.DEISMultistepScheduler(**config).init(12, SHAPE)
+    weights = default.coefficients.weights
+    assert float(weights.a[-1]) == 1.0 and float(weights.b0[-1]) == 0.0
+    fixed_sched = jaxsched.DEISMultistepScheduler(**config, repeat_final_sigma=False)
+    _, sigmas = fixed_sched.sigma_grid(fixed_sched.noise_schedule(), 12, None, 1.0)
+    assert bool(jnp.all(jnp.diff(sigmas) < 0))  # every step moves
+    fixed = fixed_sched.init(12, SHAPE)
+    assert fixed.num_inference_steps == 12
+    assert not np.any(np.asarray(fixed.coefficients.weights.b0) == 0.0)
+    if spacing != "use_flow_sigmas":  # both end at the smallest training sigma
+        np.testing.assert_allclose(float(sigmas[-1]), float(ref.sigmas[-1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spacing", ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"]
+)
+def test_fix_gives_the_next_step_count_for_one_model_call_less(spacing):
+    """From 15 steps on (no lower-order final steps), ``repeat_final_sigma=False`` with N steps
+    is diffusers' N + 1 step run without its wasted last call: same calls, same result."""
+    fixed = jaxsched.DEISMultistepScheduler(**{spacing: True}, repeat_final_sigma=False)
+    default = jaxsched.DEISMultistepScheduler(**{spacing: True})
+    fixed_state, default_state = fixed.init(20, SHAPE), default.init(21, SHAPE)
+    np.testing.assert_array_equal(fixed_state.timesteps, default_state.timesteps[:20])
+    x = jax.random.normal(jax.random.key(8), SHAPE)
+
+    def model(x, t):
+        return 0.5 * x + 1e-4 * t.astype(x.dtype)
+
+    got = jaxsched.sample(fixed, fixed_state, model, x)
+    chex.assert_trees_all_close(got, jaxsched.sample(default, default_state, model, x))
+
+
+# -- the inverse -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"timestep_spacing": "leading", "steps_offset": 1},
+        {"timestep_spacing": "trailing", **SD},
+        {"use_karras_sigmas": True},
+        {"use_exponential_sigmas": True},
+        {"use_beta_sigmas": True},
+        {**FLOW, "flow_shift": 2.0},
+    ],
+)
+def test_inverse_walks_the_dpm_solver_inverse_grid(config):
+    deis = jaxsched.DEISMultistepInverseScheduler(**config)
+    dpm = jaxsched.DPMSolverMultistepInverseScheduler(**config)
+    ours = deis.sigma_grid(deis.noise_schedule(), 17, None, deis.flow_shift)
+    theirs = dpm.sigma_grid(dpm.noise_schedule(), 17, None, dpm.flow_shift)
+    chex.assert_trees_all_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("cls_name", [CLS, INVERSE])
+def test_first_order_is_dpm_solver_first_order(cls_name):
+    """DEIS's first order is DDIM in rho, as is DPM-Solver's (noise form): same steps."""
+    dpm_name = cls_name.replace("DEISMultistep", "DPMSolverMultistep")
+    extra = {} if "Inverse" in cls_name else {"final_sigmas_type": "sigma_min"}
+    with jax.enable_x64(True):
+        deis = getattr(jaxsched, cls_name)(solver_order=1, **SD)
+        dpm = getattr(jaxsched, dpm_name)(solver_order=1, algorithm_type="dpmsolver", **SD, **extra)
+        x = jax.random.normal(jax.random.key(2), SHAPE, jnp.float64)
+
+        def model(x, t):
+            return 0.4 * x + 1e-3 * t
+
+        got = jaxsched.sample(deis, deis.init(20, SHAPE), model, x)
+        expected = jaxsched.sample(dpm, dpm.init(20, SHAPE), model, x)
+    chex.assert_trees_all_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [25, 50])
+def test_round_trip_error_falls_with_order(n):
+    """Invert data with the DEIS inverse, regenerate with DEIS (exact model, SD schedule).
+    Measured at 25 / 50 steps: order 1 7.1e-2 / 4.7e-2, order 2 4.7e-2 / 2.4e-2, order 3
+    3.2e-2 / 1.6e-2."""
+    mixture = random_mixture(jax.random.key(0), num_components=4, dim=8)
+    x0 = mixture.sample(jax.random.key(1), 128)
+    errors = []
+    for order in (1, 2, 3):
+        sched = jaxsched.DEISMultistepScheduler(**SD, solver_order=order)
+        model = epsilon_model(mixture, sched.noise_schedule())
+        x_t = jaxsched.invert(sched, model, x0, n)
+        back = jaxsched.sample(sched, sched.init(n, x0.shape), model, x_t)
+        errors.append(float(jnp.sqrt(jnp.mean((back - x0) ** 2))))
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_inverse_keeps_shared_options():
+    forward = jaxsched.DEISMultistepScheduler(
+        solver_order=3, use_karras_sigmas=True, repeat_final_sigma=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inverse = forward.inverse()
+    assert inverse == jaxsched.DEISMultistepInverseScheduler(
+        solver_order=3, use_karras_sigmas=True, repeat_final_sigma=False
+    )
+    assert inverse.inverse() == forward
+    with pytest.warns(UserWarning, match=r"has no option\(s\) \['use_dynamic_shifting'\]"):
+        jaxsched.DEISMultistepScheduler(use_dynamic_shifting=True).inverse()
+
+
+# -- options beyond the parity matrix -------------------------------------------------------
+
+
+def test_dynamic_shifting_mu_sets_the_flow_shift():
+    config = {**FLOW, "use_dynamic_shifting": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = diffusers.DEISMultistepScheduler(**config)
+    ref.set_timesteps(12, mu=0.8)
+    sched = jaxsched.DEISMultistepScheduler(**config)
+    state = sched.init(12, SHAPE, mu=0.8)
+    np.testing.assert_array_equal(state.timesteps, ref.timesteps.numpy())
+    shifted = jaxsched.DEISMultistepScheduler(**config, flow_shift=math.exp(0.8))
+    chex.assert_trees_all_close(
+        state.coefficients, shifted.init(12, SHAPE).coefficients, rtol=1e-6, atol=1e-7
+    )
+    with pytest.raises(ValueError, match="mu is only used with use_dynamic_shifting=True"):
+        jaxsched.DEISMultistepScheduler(**FLOW).init(12, SHAPE, mu=0.8)
+
+
+def test_custom_timesteps_are_an_extension():
+    custom = [901, 700, 512, 300, 111, 20]
+    sched = jaxsched.DEISMultistepScheduler()
+    state = sched.init(None, SHAPE, timesteps=custom)
+    np.testing.assert_array_equal(state.timesteps, custom)
+    _, sigmas = sched.sigma_grid(sched.noise_schedule(), None, custom, 1.0)
+    train = np.sqrt(
+        (1 - sched.noise_schedule().alphas_cumprod) / sched.noise_schedule().alphas_cumprod
+    )
+    np.testing.assert_allclose(sigmas, np.append(train[custom], train[0]), rtol=1e-6)
+    with pytest.raises(ValueError, match="takes no custom timesteps"):
+        jaxsched.DEISMultistepInverseScheduler().init(None, SHAPE, timesteps=custom)
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"solver_order": 4}, "solver_order must be one of"),
+        ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type must be one of"),
+        ({"solver_type": "rk4"}, "solver_type must be one of"),
+        ({"use_karras_sigmas": True, "use_exponential_sigmas": True}, "only one of"),
+        ({"use_flow_sigmas": True, "use_beta_sigmas": True}, "cannot be combined"),
+        ({"repeat_final_sigma": 0}, "repeat_final_sigma must be a bool"),
+        ({"flow_shift": -1.0}, "flow_shift must lie in"),
+        ({"time_shift_type": "linear"}, "time_shift_type must be one of"),
+        ({"prediction_type": "eps"}, "prediction_type must be one of"),
+        ({"timestep_spacing": "uniform"}, "timestep_spacing must be one of"),
+    ],
+)
+def test_bad_options_are_rejected(config, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        jaxsched.DEISMultistepScheduler(**config)
+
+
+def test_dpm_solver_and_unipc_names_map_like_diffusers():
+    sched = jaxsched.DEISMultistepScheduler(algorithm_type="dpmsolver++", solver_type="bh2")
+    assert sched.algorithm_type == "deis" and sched.solver_type == "logrho"
+    dpm_config = jaxsched.DPMSolverMultistepScheduler(solver_order=3, **SD).config
+    with pytest.warns(UserWarning, match="does not use the config keys"):
+        converted = jaxsched.from_config(dpm_config, cls=CLS)
+    assert converted == jaxsched.DEISMultistepScheduler(solver_order=3, **SD)
+
+
+# -- transforms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls_name", [CLS, INVERSE])
+@pytest.mark.parametrize(
+    "config", [{"solver_order": 3}, {"thresholding": True, "prediction_type": "v_prediction"}]
+)
+def test_scan_jit_and_vmap_agree_with_eager_steps(cls_name, config):
+    sched = getattr(jaxsched, cls_name)(**config)
+    n = 9
+    state = sched.init(n, SHAPE)
+    x = jax.random.normal(jax.random.key(3), SHAPE)
+
+    def model(x, t):
+        return 0.5 * x + 1e-3 * t.astype(x.dtype)
+
+    eager_state, eager = state, x
+    for i in range(n):
+        t = eager_state.timesteps[i]
+        eager_state, eager = sched.step(eager_state, model(eager, t), t, eager)
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, model, x, return_state=True))
+    final_state, scanned = run(state, x)
+    chex.assert_trees_all_close(scanned, eager, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(final_state, eager_state, rtol=1e-5, atol=1e-5)
+    both = jax.vmap(lambda x: jaxsched.sample(sched, state, model, x))(jnp.stack([x, x]))
+    chex.assert_trees_all_close(both[1], eager, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_schedules_matches_concrete_runs_without_retracing():
+    sched = jaxsched.DEISMultistepScheduler(use_karras_sigmas=True, solver_order=3)
+    traces = []
+
+    @jax.jit
+    def run(beta_ends, x):
+        traces.append(1)
+        schedules = jax.vmap(lambda b: jaxsched.noise_schedule(beta_end=b))(beta_ends)
+        states = jax.vmap(lambda s: sched.init(10, SHAPE, schedule=s))(schedules)
+        return jax.vmap(lambda s: jaxsched.sample(sched, s, lambda x, t: 0.5 * x, x))(states)
+
+    x = jax.random.normal(jax.random.key(5), SHAPE)
+    ends = jnp.linspace(0.015, 0.025, 4)
+    got = run(ends, x)
+    for i in range(4):
+        one = sched.init(10, SHAPE, schedule=jaxsched.noise_schedule(beta_end=float(ends[i])))
+        expected = jaxsched.sample(sched, one, lambda x, t: 0.5 * x, x)
+        chex.assert_trees_all_close(got[i], expected, rtol=1e-4, atol=1e-4)
+    run(ends * 1.01, x)
+    assert len(traces) == 1
+
+
+def test_low_precision_samples_keep_their_dtype():
+    sched = jaxsched.DEISMultistepScheduler(solver_order=3)
+    x = jax.random.normal(jax.random.key(7), SHAPE)
+    full = jaxsched.sample(sched, sched.init(10, SHAPE), lambda x, t: 0.5 * x, x)
+    half = jaxsched.sample(
+        sched, sched.init(10, SHAPE, jnp.bfloat16), lambda x, t: 0.5 * x, x.astype(jnp.bfloat16)
+    )
+    assert half.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(half.astype(jnp.float32), full, rtol=5e-2, atol=5e-2)
+
+
+def test_zero_final_sigma_stays_finite_where_diffusers_returns_nan():
+    """beta_start = 0 puts the default grid's end at sigma = 0 (log rho = -inf); diffusers'
+    weights are 0 * inf there. The exact limit is the x0 prediction."""
+    for n, order in ((10, 1), (20, 3)):  # below 15 steps the last step is first order
+        config = {"beta_start": 0.0, "solver_order": 3}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # diffusers' log(0)
+            ref = diffusers.DEISMultistepScheduler(**config)
+            ref.set_timesteps(n)
+            x = torch.ones(1, 2)
+            for t in ref.timesteps:
+                x = ref.step(0.5 * x, t, x).prev_sample
+        assert torch.isnan(x).all()
+        sched = jaxsched.DEISMultistepScheduler(**config)
+        state = sched.init(n, (1, 2))
+        assert int(state.coefficients.order[-1]) == order
+        final_state, out = jaxsched.sample(
+            sched, state, lambda x, t: 0.5 * x, jnp.ones((1, 2)), return_state=True
+        )
+        assert bool(jnp.isfinite(out).all())
+        if order == 1:
+            chex.assert_trees_all_close(out, final_state.pred_original_sample, rtol=1e-6)
