@@ -65,6 +65,7 @@ CASES = [
     ({"solver_order": 3, "use_beta_sigmas": True}, 30),
     ({"solver_order": 3, **FLOW, "flow_shift": 3.0}, 20),
     ({**FLOW}, 1),
+    ({"use_flow_sigmas": True, "prediction_type": "v_prediction", "solver_order": 3}, 12),
     ({"prediction_type": "flow_prediction", "solver_order": 3}, 10),
     ({"prediction_type": "sample", "timestep_spacing": "trailing"}, 25),
     (
@@ -575,6 +576,21 @@ def test_low_precision_samples_keep_their_dtype():
     )
     assert half.dtype == jnp.bfloat16
     chex.assert_trees_all_close(half.astype(jnp.float32), full, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("solver_order", [1, 2, 3])
+def test_inverse_from_a_zero_sigma_stays_finite(solver_order):
+    """beta_start = 0 starts the inverse grid at sigma = 0 (x is data): the first step is the
+    exact first-order step from there, and history at log rho = -inf lowers the order."""
+    sched = jaxsched.DEISMultistepInverseScheduler(beta_start=0.0, solver_order=solver_order)
+    state = sched.init(10, (1, 4))
+    assert bool(
+        jax.tree.reduce(
+            lambda a, b: a & b, jax.tree.map(lambda w: jnp.isfinite(w).all(), state.coefficients)
+        )
+    )
+    out = jaxsched.sample(sched, state, lambda x, t: 0.5 * x, jnp.ones((1, 4)))
+    assert bool(jnp.isfinite(out).all())
 
 
 def test_zero_final_sigma_stays_finite_where_diffusers_returns_nan():

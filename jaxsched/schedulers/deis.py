@@ -79,11 +79,13 @@ class _DEISBase(MultistepScheduler):
     def convert_model_output(self, state: SchedulerState, model_output, x):
         """``(eps, x0)``: the noise prediction after thresholding, and the x0 prediction.
 
-        As in diffusers, a flow prediction gives ``x0 = x - s v`` with the raw grid sigma ``s``
-        and then ``eps = (x - alpha x0) / s`` with the level's ``alpha``.
+        As in diffusers, every prediction but epsilon goes through x0: ``eps = (x - alpha x0) /
+        sigma``. That matters off the variance-preserving path: v on flow levels
+        (``alpha + sigma = 1``), and flow predictions, whose ``x0 = x - s v`` uses the raw grid
+        sigma ``s`` (then also the ``sigma`` here) whatever the levels.
         """
         x0, eps, alpha, sigma = self._data_and_noise(state, model_output, x)
-        if self.prediction_type == "flow_prediction":
+        if self.prediction_type != "epsilon":
             eps = noise_from_data(x, x0, alpha, sigma)
         return eps, x0
 

@@ -42,7 +42,7 @@ SERIES_TERMS = 20
 
 def exponential_moments(h: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(I_1(h), I_2(h))`` with ``I_k(h) = int_0^h u^k e^u du``, elementwise, to full relative
-    precision for every ``h`` in ``[-inf, inf)``.
+    precision for every ``h`` (``+inf`` gives ``inf``).
 
     Small ``|h|``: ``I_k = h^(k+1) sum_n h^n / (n! (n + k + 1))``. Otherwise the closed forms
     ``I_1 = (h - 1) e^h + 1`` and ``I_2 = (h^2 - 2 h + 2) e^h - 2``, whose limits at
@@ -61,8 +61,10 @@ def exponential_moments(h: jax.Array) -> tuple[jax.Array, jax.Array]:
     finite_far = ~small & jnp.isfinite(h)
     far = jnp.where(finite_far, h, 2.0)
     e = jnp.exp(far)
-    closed1 = jnp.where(finite_far, (far - 1.0) * e + 1.0, 1.0)
-    closed2 = jnp.where(finite_far, (far * (far - 2.0) + 2.0) * e - 2.0, -2.0)
+    # Limits: h = -inf -> (1, -2); h = +inf -> (inf, inf); NaN stays NaN.
+    limit = jnp.where(h == -jnp.inf, 0.0, jnp.where(h == jnp.inf, jnp.inf, jnp.nan))
+    closed1 = jnp.where(finite_far, (far - 1.0) * e + 1.0, limit + 1.0)
+    closed2 = jnp.where(finite_far, (far * (far - 2.0) + 2.0) * e - 2.0, limit - 2.0)
     return jnp.where(small, series1, closed1), jnp.where(small, series2, closed2)
 
 
@@ -80,20 +82,22 @@ def deis_step_weights(
     """
     (alpha_s, alpha_t), (rho_s, rho_t) = alphas, rhos
     log_t, log_s0, log_s1, log_s2 = log_rhos
-    h = log_t - log_s0
-    d1, d2 = log_s1 - log_s0, log_s2 - log_s0
-    i1, i2 = exponential_moments(h)
-    third = order == 3
-    inv_d1 = guarded_inverse(d1, order >= 2)
+    second, third = order >= 2, order == 3
+    # History an order does not use may be missing (a node at rho = 0 has log rho = -inf).
+    d1 = jnp.where(second, log_s1 - log_s0, 0.0)
+    d2 = jnp.where(third, log_s2 - log_s0, 0.0)
+    i1, i2 = exponential_moments(log_t - log_s0)
+    inv_d1 = guarded_inverse(d1, second)
     inv_d2 = guarded_inverse(d2, third)
     inv_d12 = guarded_inverse(d1 - d2, third)
-    c1 = jnp.where(third, (i2 - d2 * i1) * inv_d1 * inv_d12, i1 * inv_d1) * rho_s
-    c2 = -(i2 - d1 * i1) * inv_d2 * inv_d12 * rho_s
+    c1_third = (i2 - d2 * i1) * inv_d1 * inv_d12
+    c1 = jnp.where(third, c1_third, jnp.where(second, i1 * inv_d1, 0.0)) * rho_s
+    c2 = jnp.where(third, -(i2 - d1 * i1) * inv_d2 * inv_d12, 0.0) * rho_s
     c0 = (rho_t - rho_s) - c1 - c2
     return StepWeights(
         a=alpha_t / alpha_s,
         b0=alpha_t * c0,
         b1=alpha_t * c1,
         b2=alpha_t * c2,
-        c=jnp.zeros_like(h),
+        c=jnp.zeros_like(c0),
     )
