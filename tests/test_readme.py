@@ -16,10 +16,10 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, "the README has exactly two set-up commands"
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci == commands[1]
-    assert commands[0].endswith("jaxsched example")
+    assert commands[0].endswith("jaxsched demo")
 
 
-def test_main_job_prints_falling_reconstruction_errors(capsys):
+def test_example_prints_falling_reconstruction_errors(capsys):
     from jaxsched.cli import main
 
     main(["example", "--steps", "10", "100", "--num-samples", "64", "--dim", "4"])

@@ -1,0 +1,75 @@
+"""The demo's denoiser: a residual MLP over the 64 pixels, conditioned on the timestep, that
+predicts the noise (epsilon). About 0.5M parameters; the trained weights ship with jaxsched."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import serialization
+
+WEIGHTS = Path(__file__).with_name("digits_denoiser.msgpack")
+IMAGE_SHAPE = (8, 8)
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def timestep_embedding(t: jax.Array, features: int) -> jax.Array:
+    """Sinusoidal embedding ``(B, features)`` of timesteps ``(B,)`` (Vaswani et al. 2017,
+    sec. 3.5), as DDPM conditions on the timestep."""
+    half = features // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class DigitDenoiser(nn.Module):
+    """``eps_hat = model(x, t)`` for ``x (B, 8, 8)`` and integer ``t`` (scalar or ``(B,)``)."""
+
+    width: int = 256
+    depth: int = 3
+    time_features: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        batch = x.shape[0]
+        t = jnp.broadcast_to(jnp.asarray(t), (batch,))
+        emb = timestep_embedding(t, self.time_features)
+        emb = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(emb)))
+        h = nn.Dense(self.width)(x.reshape(batch, -1).astype(jnp.float32))
+        for _ in range(self.depth):
+            r = nn.Dense(self.width)(nn.LayerNorm()(h)) + emb
+            h = h + nn.Dense(self.width)(nn.silu(r))
+        out = nn.Dense(x[0].size, kernel_init=nn.initializers.zeros)(nn.silu(nn.LayerNorm()(h)))
+        return out.reshape(x.shape).astype(x.dtype)
+
+
+def init_params(key: jax.Array, model: DigitDenoiser | None = None):
+    """Fresh parameters of ``model`` (default architecture)."""
+    model = model or DigitDenoiser()
+    return model.init(key, jnp.zeros((1, *IMAGE_SHAPE)), jnp.zeros((1,), jnp.int32))["params"]
+
+
+def save_params(params, path: str | Path = WEIGHTS) -> Path:
+    """Write ``params`` with flax's msgpack serialization."""
+    path = Path(path)
+    path.write_bytes(serialization.to_bytes(params))
+    return path
+
+
+def load_params(path: str | Path = WEIGHTS):
+    """The parameters stored at ``path`` (default: the shipped weights)."""
+    template = init_params(jax.random.key(0))
+    return serialization.from_bytes(template, Path(path).read_bytes())
+
+
+def model_fn(params, model: DigitDenoiser | None = None):
+    """``(x, t) -> eps_hat``, the form ``jaxsched.sample`` calls."""
+    model = model or DigitDenoiser()
+
+    def predict(x: jax.Array, t: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, x, t)
+
+    return predict
