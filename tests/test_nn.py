@@ -1,0 +1,166 @@
+"""Flax integration (linen and NNX samplers, gradients) and the model-function helpers."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers.guiders.guider_utils import rescale_noise_cfg
+from flax import nnx
+
+import jaxsched
+from jaxsched.guidance import classifier_free_guidance, with_conditioning
+from jaxsched.nn import LinenSampler, NNXSampler
+
+SHAPE = (3, 4)
+STEPS = 6
+
+
+class TinyLinen(nn.Module):
+    """``eps_hat = tanh(W x + b t / 1000)``: a few parameters, smooth in all of them."""
+
+    @nn.compact
+    def __call__(self, x, t):
+        h = nn.Dense(SHAPE[1], param_dtype=x.dtype)(x)
+        scale = self.param("time", nn.initializers.constant(0.3), (), x.dtype)
+        return jnp.tanh(h + scale * t.astype(x.dtype) / 1000.0)
+
+
+class TinyNNX(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.dense = nnx.Linear(SHAPE[1], SHAPE[1], rngs=rngs, param_dtype=dtype)
+        self.time = nnx.Param(jnp.asarray(0.3, dtype))
+
+    def __call__(self, x, t):
+        return jnp.tanh(self.dense(x) + self.time[...] * t.astype(x.dtype) / 1000.0)
+
+
+SCHEDULERS = [
+    jaxsched.DDIMScheduler(clip_sample=False),
+    jaxsched.DPMSolverMultistepScheduler(solver_order=3),
+    jaxsched.DEISMultistepScheduler(),
+    jaxsched.DPMSolverMultistepInverseScheduler(),
+]
+
+
+def _loss(x):
+    return jnp.sum(x**2)
+
+
+def _finite_difference(f, params, direction, eps=1e-6):
+    plus = jax.tree.map(lambda p, d: p + eps * d, params, direction)
+    minus = jax.tree.map(lambda p, d: p - eps * d, params, direction)
+    return (f(plus) - f(minus)) / (2 * eps)
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS, ids=lambda s: type(s).__name__)
+def test_linen_sampler_is_sample_and_its_gradient_is_exact(sched):
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), SHAPE, jnp.float64)
+        sampler = LinenSampler(denoiser=TinyLinen(), scheduler=sched, num_inference_steps=STEPS)
+        params = sampler.init(jax.random.key(1), x)["params"]
+        assert set(params) == {"denoiser"}  # one set of parameters shared by every step
+        out = jax.jit(sampler.apply)({"params": params}, x)
+        denoiser = TinyLinen()
+
+        def model(x, t):
+            return denoiser.apply({"params": params["denoiser"]}, x, t)
+
+        expected = jaxsched.sample(sched, sched.init(STEPS, SHAPE, jnp.float64), model, x)
+        chex.assert_trees_all_close(out, expected, rtol=1e-12, atol=1e-12)
+
+        def loss(p):
+            return _loss(sampler.apply({"params": p}, x))
+
+        grads = jax.jit(jax.grad(loss))(params)
+        direction = jax.tree.map(
+            lambda p: jax.random.normal(jax.random.key(2), p.shape, p.dtype), params
+        )
+        analytic = sum(
+            jnp.vdot(g, d)
+            for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True)
+        )
+        numeric = _finite_difference(loss, params, direction)
+        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS[:3], ids=lambda s: type(s).__name__)
+def test_nnx_sampler_is_sample_and_its_gradient_is_exact(sched):
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), SHAPE, jnp.float64)
+        sampler = NNXSampler(TinyNNX(nnx.Rngs(1), jnp.float64), sched, STEPS)
+        out = nnx.jit(lambda s, x: s(x))(sampler, x)
+        graph, weights = nnx.split(sampler.denoiser)
+
+        def model(x, t):
+            return nnx.merge(graph, weights)(x, t)
+
+        expected = jaxsched.sample(sched, sched.init(STEPS, SHAPE, jnp.float64), model, x)
+        chex.assert_trees_all_close(out, expected, rtol=1e-12, atol=1e-12)
+
+        grads = nnx.grad(lambda s: _loss(s(x)))(sampler)
+        graph, params, rest = nnx.split(sampler, nnx.Param, ...)
+        structure = jax.tree.structure(params)
+        leaves = jax.tree.leaves(params)
+        directions = [
+            jax.random.normal(jax.random.key(i), p.shape, p.dtype) for i, p in enumerate(leaves)
+        ]
+
+        def loss_at(step):
+            moved = [p + step * d for p, d in zip(leaves, directions, strict=True)]
+            return _loss(nnx.merge(graph, jax.tree.unflatten(structure, moved), rest)(x))
+
+        grad_leaves = jax.tree.leaves(nnx.split(grads, nnx.Param, ...)[1])
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(grad_leaves, directions, strict=True))
+        numeric = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
+        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+
+
+def _conditional_model(x, t, cond):
+    return 0.5 * x + cond[:, None] * (1.0 + t[:, None] / 1000.0)
+
+
+def test_classifier_free_guidance_matches_the_formula_and_diffusers_rescale():
+    x = jax.random.normal(jax.random.key(3), (4, 6))
+    cond, uncond = jnp.arange(1.0, 5.0), jnp.zeros(4)
+    t = jnp.int32(500)
+    c = _conditional_model(x, jnp.full(4, t), cond)
+    u = _conditional_model(x, jnp.full(4, t), uncond)
+    plain = classifier_free_guidance(_conditional_model, cond, uncond, 7.5)(x, t)
+    chex.assert_trees_all_close(plain, u + 7.5 * (c - u), rtol=1e-6)
+    unguided = classifier_free_guidance(_conditional_model, cond, uncond, 1.0)(x, t)
+    chex.assert_trees_all_close(unguided, c, rtol=1e-6)
+    rescaled = classifier_free_guidance(_conditional_model, cond, uncond, 7.5, guidance_rescale=0.7)
+    expected = rescale_noise_cfg(
+        torch.from_numpy(np.array(u + 7.5 * (c - u))), torch.from_numpy(np.array(c)), 0.7
+    )
+    chex.assert_trees_all_close(rescaled(x, t), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_guidance_scale_sweep_does_not_recompile():
+    sched = jaxsched.DDIMScheduler(clip_sample=False)
+    state = sched.init(5, (4, 6))
+    traces = []
+
+    @jax.jit
+    def run(scale, x):
+        traces.append(1)
+        model = classifier_free_guidance(_conditional_model, jnp.ones(4), jnp.zeros(4), scale)
+        return jaxsched.sample(sched, state, model, x)
+
+    x = jax.random.normal(jax.random.key(4), (4, 6))
+    results = [run(s, x) for s in (1.0, 3.0, 7.5)]
+    assert len(traces) == 1
+    assert not np.allclose(results[0], results[2])
+
+
+def test_with_conditioning_broadcasts_the_timestep():
+    model = with_conditioning(_conditional_model, jnp.arange(4.0))
+    x = jnp.ones((4, 6))
+    chex.assert_trees_all_close(
+        model(x, jnp.int32(10)), _conditional_model(x, jnp.full(4, 10), jnp.arange(4.0))
+    )
