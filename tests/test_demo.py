@@ -83,3 +83,16 @@ def test_shipped_weights_fit_the_architecture():
     chex.assert_trees_all_equal_shapes_and_dtypes(shipped, fresh)
     size = sum(leaf.size for leaf in jax.tree.leaves(shipped))
     assert size < 1_000_000, size
+
+
+def test_train_command_saves_loadable_weights(tmp_path, capsys):
+    from argparse import Namespace
+
+    from jaxsched.cli import _train
+
+    path = _train(Namespace(train_steps=100, seed=0, out=str(tmp_path)))
+    assert path == tmp_path / "digits_denoiser.msgpack"
+    chex.assert_trees_all_equal_shapes_and_dtypes(load_params(path), load_params())
+    captured = capsys.readouterr()
+    assert "training" in captured.err and "loss=" in captured.err  # the progress bar
+    assert "saved the new weights" in captured.out
