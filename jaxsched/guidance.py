@@ -29,13 +29,23 @@ def with_conditioning(
     return model_fn
 
 
+def _item_std(x: jax.Array) -> jax.Array:
+    """Standard deviation over all but the leading axis (kept), 0 for a constant item, with
+    finite gradients there too."""
+    axes = tuple(range(1, x.ndim))
+    variance = jnp.var(x, axis=axes, keepdims=True)
+    spread = variance > 0
+    return jnp.where(spread, jnp.sqrt(jnp.where(spread, variance, 1.0)), 0.0)
+
+
 def rescale_guided(guided: jax.Array, conditional: jax.Array, guidance_rescale) -> jax.Array:
     """Blend ``guided`` with itself rescaled to the per-item standard deviation of the
     conditional prediction (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
     are Flawed", sec. 3.4, eq. 15-16); ``guidance_rescale = 0`` returns ``guided``."""
-    axes = tuple(range(1, guided.ndim))
-    spread = jnp.std(guided, axis=axes, keepdims=True)
-    ratio = jnp.std(conditional, axis=axes, keepdims=True) / jnp.where(spread > 0, spread, 1.0)
+    if isinstance(guidance_rescale, (int, float)) and guidance_rescale == 0:
+        return guided  # as diffusers, which rescales only when guidance_rescale > 0
+    spread = _item_std(guided)
+    ratio = _item_std(conditional) / jnp.where(spread > 0, spread, 1.0)
     return guidance_rescale * guided * ratio + (1.0 - guidance_rescale) * guided
 
 

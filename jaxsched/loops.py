@@ -38,6 +38,48 @@ def _keep_finished(done: jax.Array, old, new):
     return jax.tree.map(lambda o, n: jnp.where(done, o, n), old, new)
 
 
+def scan_plan(
+    state: SchedulerState, x: jax.Array, key: jax.Array | None, noise: jax.Array | None
+) -> tuple[int, bool, dict[str, jax.Array]]:
+    """``(length, masked, per_step)`` of a run from ``state``: how many iterations the scan
+    takes, whether finished steps must be masked (a traced ``step_index``), and the per-step
+    ``key`` / ``noise`` inputs to scan over."""
+    remaining = _remaining_steps(state)
+    length = state.num_inference_steps if remaining is None else remaining
+    if key is not None and noise is not None:
+        raise ValueError("pass either key or noise to sample, not both")
+    per_step: dict[str, jax.Array] = {}
+    if key is not None:
+        per_step["key"] = jax.random.split(key, length)
+    if noise is not None:
+        if jnp.shape(noise) != (length, *jnp.shape(x)):
+            raise ValueError(
+                f"noise must have shape {(length, *jnp.shape(x))} (one sample per step), "
+                f"got {jnp.shape(noise)}"
+            )
+        per_step["noise"] = noise
+    return length, remaining is None, per_step
+
+
+def scan_step(
+    scheduler: Scheduler,
+    model_fn: ModelFn,
+    carry: tuple[SchedulerState, jax.Array],
+    step_inputs: dict[str, jax.Array],
+    *,
+    masked: bool,
+    **step_kwargs: Any,
+) -> tuple[SchedulerState, jax.Array]:
+    """One iteration of a sampling scan: the model at the state's timestep, then the step;
+    with ``masked``, an iteration past the end is an exact no-op."""
+    state, x = carry
+    t = state.timesteps[state.step_index]
+    new = scheduler.step(state, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
+    if masked:
+        new = _keep_finished(state.step_index >= state.num_inference_steps, carry, new)
+    return new
+
+
 def sample(
     scheduler: Scheduler,
     state: SchedulerState,
@@ -73,28 +115,12 @@ def sample(
     Returns:
         The final sample, or ``(state, sample)`` with ``return_state``.
     """
-    remaining = _remaining_steps(state)
-    length = state.num_inference_steps if remaining is None else remaining
-    if key is not None and noise is not None:
-        raise ValueError("pass either key or noise to sample, not both")
-    per_step: dict[str, jax.Array] = {}
-    if key is not None:
-        per_step["key"] = jax.random.split(key, length)
-    if noise is not None:
-        if jnp.shape(noise) != (length, *jnp.shape(x)):
-            raise ValueError(
-                f"noise must have shape {(length, *jnp.shape(x))} (one sample per step), "
-                f"got {jnp.shape(noise)}"
-            )
-        per_step["noise"] = noise
+    length, masked, per_step = scan_plan(state, x, key, noise)
 
     def body(carry, step_inputs):
-        state, x = carry
-        t = state.timesteps[state.step_index]
-        new = scheduler.step(state, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
-        if remaining is None:
-            new = _keep_finished(state.step_index >= state.num_inference_steps, carry, new)
-        return new, None
+        return scan_step(
+            scheduler, model_fn, carry, step_inputs, masked=masked, **step_kwargs
+        ), None
 
     (state, x), _ = lax.scan(body, (state, x), per_step, length=length)
     return (state, x) if return_state else x

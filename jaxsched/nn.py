@@ -10,25 +10,19 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from jaxsched.loops import sample
+from jaxsched.loops import sample, scan_plan, scan_step
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.state import SchedulerState
-
-
-def _scheduler_step(scheduler: Scheduler, denoise, carry: tuple[SchedulerState, jax.Array]):
-    """One step: call the denoiser at the state's timestep, then ``scheduler.step``."""
-    state, x = carry
-    t = state.timesteps[state.step_index]
-    return scheduler.step(state, denoise(x, t), t, x)
 
 
 class LinenSampler(nn.Module):
     """Runs a whole sampling (or inversion) loop of ``scheduler`` around a linen ``denoiser``.
 
     ``denoiser(x, t)`` returns the model output for a sample ``x (batch, ...)`` and a scalar
-    integer timestep ``t``. The loop is ``nn.scan`` over the steps with the denoiser's
-    parameters broadcast (shared by every step), so ``init`` creates one set of parameters and
-    ``jax.grad`` flows through every step to them.
+    integer timestep ``t``. The loop is ``nn.scan`` over the steps with every variable
+    collection of the denoiser broadcast (its ``params``, ``batch_stats``... are shared by
+    every step and read only), so ``init`` creates one set of parameters and ``jax.grad``
+    flows through every step to them. Runs exactly what :func:`jaxsched.sample` runs.
 
     Example::
 
@@ -42,21 +36,34 @@ class LinenSampler(nn.Module):
     num_inference_steps: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, state: SchedulerState | None = None) -> jax.Array:
-        """The final sample; ``state`` defaults to ``scheduler.init(N, x.shape, x.dtype)``."""
+    def __call__(
+        self,
+        x: jax.Array,
+        state: SchedulerState | None = None,
+        *,
+        key: jax.Array | None = None,
+        noise: jax.Array | None = None,
+        **step_kwargs: Any,
+    ) -> jax.Array:
+        """The final sample. ``state`` defaults to ``scheduler.init(N, x.shape, x.dtype)``;
+        ``key``, ``noise`` and ``step_kwargs`` (``eta``...) are :func:`jaxsched.sample`'s."""
         if state is None:
             state = self.scheduler.init(self.num_inference_steps, x.shape, x.dtype)
+        length, masked, per_step = scan_plan(state, x, key, noise)
 
-        def body(module: LinenSampler, carry, _):
-            return _scheduler_step(module.scheduler, module.denoiser, carry), None
+        def body(module: LinenSampler, carry, step_inputs):
+            new = scan_step(
+                module.scheduler,
+                module.denoiser,
+                carry,
+                step_inputs,
+                masked=masked,
+                **step_kwargs,
+            )
+            return new, None
 
-        scan = nn.scan(
-            body,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            length=state.num_inference_steps,
-        )
-        (_, x), _ = scan(self, (state, x), None)
+        scan = nn.scan(body, variable_broadcast=True, split_rngs={"params": False}, length=length)
+        (_, x), _ = scan(self, (state, x), per_step)
         return x
 
 

@@ -190,7 +190,8 @@ def format_table(metrics: dict) -> str:
         )
     lines.append(
         "nearest train: mean RMS distance of a sample to its nearest training digit "
-        f"(held-out real digits: {metrics['held_out_nearest_train_distance']:.3f}); "
-        "reconstruction: RMS error of invert -> regenerate on held-out digits ([-1, 1] pixels)."
+        f"(held-out real digits: {metrics['held_out_nearest_train_distance']:.3f}).\n"
+        "reconstruction: RMS error of invert -> regenerate on held-out digits ([-1, 1] pixels); "
+        "their ms are the round trip (inversion + regeneration)."
     )
     return "\n".join(lines)

@@ -33,11 +33,12 @@ def train(
     batch_size: int = 128,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    ema_decay: float = EMA_DECAY,
     on_step: Callable[[int, float], None] | None = None,
 ):
     """EMA parameters of a :class:`DigitDenoiser` trained on ``images (n, 8, 8)``.
 
-    ``on_step(step, loss)`` is called every 100 steps (a progress bar, a log).
+    ``on_step(step, loss)`` is called every 100 steps and after the last (a progress bar).
     """
     model = DigitDenoiser()
     schedule = jaxsched.noise_schedule("linear", num_train_timesteps=NUM_TRAIN_TIMESTEPS)
@@ -55,13 +56,13 @@ def train(
         loss, grads = jax.value_and_grad(denoising_loss)(params, model, schedule, x0, k_loss)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema = optax.incremental_update(params, ema, 1.0 - EMA_DECAY)
+        ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
         return (params, ema, opt_state), loss
 
     carry = (params, params, optimizer.init(params))
     keys = jax.random.split(k_train, steps)
     for step in range(steps):
         carry, loss = update(carry, keys[step])
-        if on_step is not None and (step + 1) % 100 == 0:
+        if on_step is not None and ((step + 1) % 100 == 0 or step + 1 == steps):
             on_step(step + 1, float(loss))
     return carry[1]
