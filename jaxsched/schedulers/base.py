@@ -62,6 +62,8 @@ class Scheduler:
     init_noise_sigma: ClassVar[float] = 1.0
     #: Model calls per step (diffusers' ``order``; 1 for every multistep scheduler too).
     order: ClassVar[int] = 1
+    #: Steps per ``lax.scan`` iteration in :func:`jaxsched.sample` (a compiled-loop detail).
+    scan_unroll: ClassVar[int] = 1
     #: Options with no meaning in the other direction: ``inverse()`` drops them silently.
     direction_only_options: ClassVar[tuple[str, ...]] = ()
 
