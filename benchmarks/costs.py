@@ -1,0 +1,83 @@
+"""Compile time, vmap over schedules, and the compiled loop's memory (issue 6 targets)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jaxsched
+from benchmarks.speed import SD, SHAPE, interleaved_medians, model
+
+DPM_2M = jaxsched.DPMSolverMultistepScheduler(**SD)
+
+
+def _lowered(sched, steps: int, shape=SHAPE):
+    state = sched.init(steps, shape)
+    x = jnp.zeros(shape)
+    return jax.jit(lambda state, x: jaxsched.sample(sched, state, model, x)).lower(state, x)
+
+
+def compile_seconds(steps: int, sched=DPM_2M, repeats: int = 3) -> float:
+    """Median seconds to lower and compile ``sample`` for ``steps`` (a fresh jit each time)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _lowered(sched, steps).compile()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def compile_table() -> dict:
+    """Compile time of the 10- and 100-step loops (target: ratio <= 1.3, under 2 s)."""
+    ten, hundred = compile_seconds(10), compile_seconds(100)
+    return {"compile_10_steps_s": ten, "compile_100_steps_s": hundred, "ratio": hundred / ten}
+
+
+def vmap_table(num_schedules: int = 64, steps: int = 25, rounds: int = 10) -> dict:
+    """One loop per noise schedule under ``vmap`` (each on a ``(1, 4, 64, 64)`` sample) against
+    one batched loop of the same total size (target: at most 1.2x)."""
+    sched = DPM_2M
+    item = (1, *SHAPE[1:])
+    ends = jnp.linspace(0.010, 0.014, num_schedules)
+    schedules = jax.vmap(
+        lambda b: jaxsched.noise_schedule("scaled_linear", beta_start=0.00085, beta_end=b)
+    )(ends)
+    states = jax.vmap(lambda s: sched.init(steps, item, schedule=s))(schedules)
+    xs = jax.random.normal(jax.random.key(0), (num_schedules, *item))
+    per_schedule = jax.jit(jax.vmap(lambda st, x: jaxsched.sample(sched, st, model, x)))
+    batched_state = sched.init(steps, (num_schedules, *SHAPE[1:]))
+    batched = jax.jit(lambda x: jaxsched.sample(sched, batched_state, model, x))
+    ms = interleaved_medians(
+        {
+            "vmap": (lambda x: per_schedule(states, x), xs),
+            "batched": (batched, xs.reshape(num_schedules, *SHAPE[1:])),
+        },
+        rounds,
+    )
+    return {**{f"{k}_ms": v for k, v in ms.items()}, "ratio": ms["vmap"] / ms["batched"]}
+
+
+def memory_table() -> list[dict]:
+    """XLA's memory analysis of each compiled 25-step loop, in samples of ``SHAPE`` (target:
+    at most ``order + 3`` samples; the model here allocates nothing of its own)."""
+    from benchmarks.speed import CASES
+
+    sample_bytes = 4 * int(jnp.prod(jnp.asarray(SHAPE)))
+    rows = []
+    for label, sched, _, history in CASES:
+        stats = _lowered(sched, 25).compile().memory_analysis()
+        total = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        rows.append(
+            {
+                "scheduler": label,
+                "order": history + 1,
+                "arguments": stats.argument_size_in_bytes / sample_bytes,
+                "output": stats.output_size_in_bytes / sample_bytes,
+                "temporaries": stats.temp_size_in_bytes / sample_bytes,
+                "peak_samples": total / sample_bytes,
+                "bound_samples": history + 1 + 3,
+            }
+        )
+    return rows
