@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 
+from benchmarks.accuracy import SCHEDULES, error_table, round_trip_table
 from benchmarks.costs import compile_table, memory_table, vmap_table
 from benchmarks.speed import speed_table
 
@@ -63,9 +64,56 @@ def speed_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def accuracy_plot(rows: list[dict], path: Path) -> None:
+    """RMS error against NFE (log-log), one panel per schedule and grid end: jaxsched solid,
+    diffusers dashed, one colour per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["schedule"], r["end"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (schedule, end) in zip(axes[0], panels, strict=True):
+        solvers = sorted(
+            {r["solver"] for r in rows if (r["schedule"], r["end"]) == (schedule, end)}
+        )
+        colours = dict(zip(solvers, plt.cm.tab10.colors, strict=False))
+        for r in rows:
+            if (r["schedule"], r["end"]) != (schedule, end):
+                continue
+            style = "-" if r["library"] == "jaxsched" else "--"
+            label = r["solver"] if r["library"] == "jaxsched" else None
+            ax.loglog(r["nfe"], r["rms_error"], style, color=colours[r["solver"]], label=label)
+        ax.set_title(f"{schedule}, ends at {end}", fontsize=9)
+        ax.set_xlabel("NFE")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("RMS error (solid: jaxsched, dashed: diffusers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _accuracy_summary(rows: list[dict]) -> list[dict]:
+    return [
+        {
+            "schedule": r["schedule"],
+            "end": r["end"],
+            "solver": r["solver"],
+            "library": r["library"],
+            "err@10": r["rms_error"][r["nfe"].index(10)],
+            "err@25": r["rms_error"][r["nfe"].index(25)],
+            "err@200": r["rms_error"][-1],
+            "order": r["fitted_order"],
+        }
+        for r in rows
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=20, help="timing rounds per benchmark")
+    parser.add_argument("--skip-accuracy", action="store_true", help="speed and costs only")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     results = {"machine": machine()}
@@ -81,6 +129,20 @@ def main() -> None:
     _print_rows("vmap over 64 schedules vs one batched run (DPM++ 2M)", [results["vmap"]])
     results["memory"] = memory_table()
     _print_rows("compiled loop memory (in samples)", results["memory"])
+    if not args.skip_accuracy:
+        results["accuracy"] = [
+            row
+            for name in SCHEDULES
+            for end in ("data", "sigma_min")
+            for row in error_table(name, end)
+        ]
+        _print_rows(
+            "accuracy: RMS error to the exact flow, fitted order (NFE >= 20)",
+            _accuracy_summary(results["accuracy"]),
+        )
+        accuracy_plot(results["accuracy"], RESULTS / "accuracy.png")
+        results["round_trip"] = round_trip_table()
+        _print_rows("inversion round trip (SD schedule): RMS error", results["round_trip"])
     (RESULTS / f"results-{jax.default_backend()}.json").write_text(
         json.dumps(results, indent=2) + "\n"
     )
