@@ -62,7 +62,13 @@ class LinenSampler(nn.Module):
             )
             return new, None
 
-        scan = nn.scan(body, variable_broadcast=True, split_rngs={"params": False}, length=length)
+        scan = nn.scan(
+            body,
+            variable_broadcast=True,
+            split_rngs={"params": False},
+            length=length,
+            unroll=self.scheduler.scan_unroll,
+        )
         (_, x), _ = scan(self, (state, x), per_step)
         return x
 
