@@ -4,7 +4,6 @@ without cancellation, the zero-length-last-step fix and the DEIS inverse."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import warnings
 
@@ -19,7 +18,6 @@ from _reference import (
     SHAPE,
     assert_multistep_matches_diffusers,
     diffusers_update_orders,
-    run_multistep_side_by_side,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,21 +119,6 @@ def test_float64_steps_match_diffusers_formulas(case):
     )
 
 
-def test_trailing_spurious_step_is_dropped():
-    """N=61 trailing: diffusers has 62 timesteps, the last -1; jaxsched has the 61 asked for,
-    and its first 60 steps are diffusers'."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = diffusers.DEISMultistepScheduler(timestep_spacing="trailing")
-    ref.set_timesteps(61)
-    assert len(ref.timesteps) == 62 and int(ref.timesteps[-1]) == -1
-    state = jaxsched.DEISMultistepScheduler(timestep_spacing="trailing").init(61, SHAPE)
-    assert state.num_inference_steps == 61
-    steps = run_multistep_side_by_side({"timestep_spacing": "trailing"}, 61, cls_name=CLS, steps=60)
-    for i, x, x_ref, *_ in steps:
-        np.testing.assert_allclose(x, x_ref, rtol=TOL32[2], atol=TOL32[2], err_msg=f"step {i}")
-
-
 def test_case_matrix_covers_every_option():
     assert len(CASES) >= 25
     assert {n for _, n in CASES} >= {1, 2, 200}
@@ -146,13 +129,9 @@ def test_case_matrix_covers_every_option():
     assert untested <= {"use_dynamic_shifting", "time_shift_type", "repeat_final_sigma"}, untested
 
 
-def test_options_and_defaults_are_diffusers_signature():
-    cls = jaxsched.DEISMultistepScheduler
-    ours = {
-        f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.extension_options
-    }
-    params = inspect.signature(diffusers.DEISMultistepScheduler.__init__).parameters
-    assert ours == {k: p.default for k, p in params.items() if k != "self"}
+def test_inverse_has_the_forward_options_less_dynamic_shifting():
+    """Every forward option but dynamic shifting (the forward options are diffusers'
+    signature, tested in tests/test_multistep.py)."""
     inverse = {f.name for f in dataclasses.fields(jaxsched.DEISMultistepInverseScheduler)}
     assert inverse == set(jaxsched.DEISMultistepScheduler().config) - {
         "use_dynamic_shifting",
@@ -457,23 +436,6 @@ def test_inverse_keeps_shared_options():
 # -- options beyond the parity matrix -------------------------------------------------------
 
 
-def test_dynamic_shifting_mu_sets_the_flow_shift():
-    config = {**FLOW, "use_dynamic_shifting": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = diffusers.DEISMultistepScheduler(**config)
-    ref.set_timesteps(12, mu=0.8)
-    sched = jaxsched.DEISMultistepScheduler(**config)
-    state = sched.init(12, SHAPE, mu=0.8)
-    np.testing.assert_array_equal(state.timesteps, ref.timesteps.numpy())
-    shifted = jaxsched.DEISMultistepScheduler(**config, flow_shift=math.exp(0.8))
-    chex.assert_trees_all_close(
-        state.coefficients, shifted.init(12, SHAPE).coefficients, rtol=1e-6, atol=1e-7
-    )
-    with pytest.raises(ValueError, match="mu is only used with use_dynamic_shifting=True"):
-        jaxsched.DEISMultistepScheduler(**FLOW).init(12, SHAPE, mu=0.8)
-
-
 def test_custom_timesteps_are_an_extension():
     custom = [901, 700, 512, 300, 111, 20]
     sched = jaxsched.DEISMultistepScheduler()
@@ -518,53 +480,6 @@ def test_dpm_solver_and_unipc_names_map_like_diffusers():
 
 
 # -- transforms ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls_name", [CLS, INVERSE])
-@pytest.mark.parametrize(
-    "config", [{"solver_order": 3}, {"thresholding": True, "prediction_type": "v_prediction"}]
-)
-def test_scan_jit_and_vmap_agree_with_eager_steps(cls_name, config):
-    sched = getattr(jaxsched, cls_name)(**config)
-    n = 9
-    state = sched.init(n, SHAPE)
-    x = jax.random.normal(jax.random.key(3), SHAPE)
-
-    def model(x, t):
-        return 0.5 * x + 1e-3 * t.astype(x.dtype)
-
-    eager_state, eager = state, x
-    for i in range(n):
-        t = eager_state.timesteps[i]
-        eager_state, eager = sched.step(eager_state, model(eager, t), t, eager)
-    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, model, x, return_state=True))
-    final_state, scanned = run(state, x)
-    chex.assert_trees_all_close(scanned, eager, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(final_state, eager_state, rtol=1e-5, atol=1e-5)
-    both = jax.vmap(lambda x: jaxsched.sample(sched, state, model, x))(jnp.stack([x, x]))
-    chex.assert_trees_all_close(both[1], eager, rtol=1e-5, atol=1e-5)
-
-
-def test_vmap_over_schedules_matches_concrete_runs_without_retracing():
-    sched = jaxsched.DEISMultistepScheduler(use_karras_sigmas=True, solver_order=3)
-    traces = []
-
-    @jax.jit
-    def run(beta_ends, x):
-        traces.append(1)
-        schedules = jax.vmap(lambda b: jaxsched.noise_schedule(beta_end=b))(beta_ends)
-        states = jax.vmap(lambda s: sched.init(10, SHAPE, schedule=s))(schedules)
-        return jax.vmap(lambda s: jaxsched.sample(sched, s, lambda x, t: 0.5 * x, x))(states)
-
-    x = jax.random.normal(jax.random.key(5), SHAPE)
-    ends = jnp.linspace(0.015, 0.025, 4)
-    got = run(ends, x)
-    for i in range(4):
-        one = sched.init(10, SHAPE, schedule=jaxsched.noise_schedule(beta_end=float(ends[i])))
-        expected = jaxsched.sample(sched, one, lambda x, t: 0.5 * x, x)
-        chex.assert_trees_all_close(got[i], expected, rtol=1e-4, atol=1e-4)
-    run(ends * 1.01, x)
-    assert len(traces) == 1
 
 
 def test_low_precision_samples_keep_their_dtype():

@@ -6,8 +6,6 @@ steps (float32 drift accumulates: 5.4e-5 after 66 steps of 3M on the SD schedule
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import warnings
 
 import diffusers
@@ -65,17 +63,6 @@ CASES = [
 def test_every_step_matches_diffusers(case):
     config, n = case
     assert_multistep_matches_diffusers(config, n, TOL, cls_name=CLS)
-
-
-@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", CLS])
-def test_options_and_defaults_are_diffusers_signature(name):
-    cls = getattr(jaxsched, name)
-    ours = {
-        f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.extension_options
-    }
-    params = inspect.signature(getattr(diffusers, name).__init__).parameters
-    theirs = {k: p.default for k, p in params.items() if k != "self"}
-    assert ours == theirs
 
 
 def _diffusers_inverse(config, n):
