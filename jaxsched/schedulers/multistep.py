@@ -277,9 +277,16 @@ class MultistepScheduler(Scheduler):
         grid = xp.arange(len(train_sigmas))
         return xp.interp(xp.asarray(ts, train_sigmas.dtype), grid, train_sigmas)
 
-    def _end_spacing(self, sigmas, ts, n: int, xp):
-        """``(ts (n,), sigmas (n + 1,))`` from a spacing of ``n`` (``repeat_final_sigma``: the
-        last sigma is repeated) or ``n + 1`` points (the model is called at the first ``n``)."""
+    def _repeating_spacing_grid(
+        self, n: int, xp, train_sigmas, log_sigmas, flow_shift, *, ascending: bool
+    ):
+        """``(ts (n,), sigmas (n + 1,))`` of a sigma spacing as diffusers' DEIS and inverse
+        schedulers end it: ``n`` points with the last sigma repeated, or (without
+        ``repeat_final_sigma``) ``n + 1`` points with the model called at the first ``n``."""
+        points = n if self.repeat_final_sigma else n + 1
+        sigmas, ts = self._spaced_sigmas(
+            points, xp, train_sigmas, log_sigmas, flow_shift, ascending=ascending
+        )
         if self.repeat_final_sigma:
             return ts, xp.concatenate([sigmas, sigmas[-1:]])
         return ts[:n], sigmas
@@ -297,11 +304,10 @@ class MultistepScheduler(Scheduler):
         n = num_inference_steps
         table_dtype = schedule.alphas_cumprod.dtype
         if sigma_spacing(self) is not None:
-            points = n if self.repeat_final_sigma else n + 1
-            sigmas, ts = self._spaced_sigmas(
-                points, xp, train_sigmas, log_sigmas, flow_shift, ascending=True
+            grid = self._repeating_spacing_grid(
+                n, xp, train_sigmas, log_sigmas, flow_shift, ascending=True
             )
-            return self._finish_grid(*self._end_spacing(sigmas, ts, n, xp), xp, table_dtype)
+            return self._finish_grid(*grid, xp, table_dtype)
         noisiest = self._last_timestep(lambdas, xp) - 1
         ts = inverse_dpm_timesteps(
             self.timestep_spacing, n, noisiest, self.num_train_timesteps, self.steps_offset
