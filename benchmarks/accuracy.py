@@ -19,10 +19,9 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.integrate import solve_ivp
 
 import jaxsched
-from jaxsched.analytic import optimal_epsilon, random_mixture
+from jaxsched.analytic import optimal_epsilon, posterior_mean, probability_flow, random_mixture
 
 NFES = (5, 8, 10, 15, 20, 25, 50, 100, 200)
 SCHEDULES = {
@@ -73,30 +72,15 @@ def _lambda(abar: float) -> float:
 
 
 def exact_flow(mixture, x_start: np.ndarray, abar_start: float, abar_end: float | None):
-    """The ODE solution from level ``abar_start`` to ``abar_end`` (``None``: the data)."""
+    """The ODE solution from level ``abar_start`` to ``abar_end`` (``None``: the data, reached
+    through lambda = 12 and the exact posterior mean there)."""
     lam_end = DATA_END_LAMBDA if abar_end is None else _lambda(abar_end)
-
-    def denoised(x, lam):
-        abar = 1.0 / (1.0 + np.exp(-2.0 * lam))
-        with jax.enable_x64(True):
-            eps = np.asarray(optimal_epsilon(mixture, jnp.asarray(x), abar))
-        return (x - np.sqrt(1.0 - abar) * eps) / np.sqrt(abar)
-
-    def velocity(lam, y):
-        x = y.reshape(x_start.shape)
-        abar = 1.0 / (1.0 + np.exp(-2.0 * lam))
-        return (-abar * x + np.sqrt(abar) * denoised(x, lam)).ravel()
-
-    solution = solve_ivp(
-        velocity,
-        (_lambda(abar_start), lam_end),
-        x_start.ravel(),
-        method="DOP853",
-        rtol=1e-10,
-        atol=1e-10,
-    )
-    end = solution.y[:, -1].reshape(x_start.shape)
-    return denoised(end, lam_end) if abar_end is None else end
+    end = probability_flow(mixture, x_start, _lambda(abar_start), lam_end, tol=1e-10)
+    if abar_end is not None:
+        return end
+    with jax.enable_x64(True):
+        abar = 1.0 / (1.0 + np.exp(-2.0 * lam_end))
+        return np.asarray(posterior_mean(mixture, jnp.asarray(end), abar))
 
 
 def _model(mixture32, abar: np.ndarray):

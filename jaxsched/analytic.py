@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsched.schedules import NoiseSchedule
 
@@ -66,3 +67,38 @@ def epsilon_model(mixture: GaussianMixture, schedule: NoiseSchedule):
         return optimal_epsilon(mixture, x, abar).astype(x.dtype)
 
     return model_fn
+
+
+def posterior_mean(mixture: GaussianMixture, x: jax.Array, abar) -> jax.Array:
+    """``E[x0 | x_t = x] = (x - sqrt(1 - abar) E[eps | x]) / sqrt(abar)``, ``x`` of shape
+    ``(B, D)``."""
+    eps = optimal_epsilon(mixture, x, abar)
+    return (x - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+
+
+def probability_flow(
+    mixture: GaussianMixture, x_start, lambda_start: float, lambda_end: float, *, tol=1e-11
+) -> np.ndarray:
+    """The exact probability-flow ODE solution from ``lambda_start`` to ``lambda_end``
+    (``lambda = log(alpha / sigma)``), float64 ``(B, D)``: ground truth for solvers.
+
+    The ODE is ``dx/dlambda = -alpha^2 x + alpha E[x0 | x]`` (DPM-Solver++, Lu et al. 2022,
+    eq. 4 with ``alpha^2 + sigma^2 = 1``), solved by scipy's DOP853 at relative and absolute
+    tolerance ``tol`` in float64. Needs scipy (in the test extra).
+    """
+    from scipy.integrate import solve_ivp
+
+    x_start = np.asarray(x_start, np.float64)
+
+    def velocity(lam, y):
+        abar = 1.0 / (1.0 + np.exp(-2.0 * lam))
+        with jax.enable_x64(True):
+            x0 = np.asarray(posterior_mean(mixture, jnp.asarray(y.reshape(x_start.shape)), abar))
+        return (-abar * y + np.sqrt(abar) * x0.ravel()).ravel()
+
+    solution = solve_ivp(
+        velocity, (lambda_start, lambda_end), x_start.ravel(), method="DOP853", rtol=tol, atol=tol
+    )
+    if not solution.success:
+        raise RuntimeError(f"the probability-flow ODE did not solve: {solution.message}")
+    return solution.y[:, -1].reshape(x_start.shape)

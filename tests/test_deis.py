@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from scipy.integrate import quad
 
 import jaxsched
-from jaxsched.analytic import epsilon_model, random_mixture
+from jaxsched.analytic import epsilon_model, optimal_epsilon, probability_flow, random_mixture
 from jaxsched.solvers.deis import deis_step_weights
 
 CLS = "DEISMultistepScheduler"
@@ -232,17 +232,13 @@ def test_float32_third_order_keeps_converging_where_diffusers_diverges():
     """Default grid, SD schedule, exact model at diffusers' integer timesteps, 500 steps.
     Measured RMS error to the exact flow: jaxsched float32 5.2e-5 (= its float64 error);
     diffusers float32 2.1e-2, worse than its own 3.6e-3 at 100 steps."""
-    from test_convergence import _exact_flow
-
-    from jaxsched.analytic import optimal_epsilon
-
     n = 500
     with jax.enable_x64(True):
         mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
         x = np.asarray(jax.random.normal(jax.random.key(1), (64, 16), jnp.float64))
         sched = jaxsched.DEISMultistepScheduler(solver_order=3, **SD)
         _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, 1.0)
-        exact = _exact_flow(mixture, x, -np.log(sigmas[0]), -np.log(sigmas[-1]))
+        exact = probability_flow(mixture, x, -np.log(sigmas[0]), -np.log(sigmas[-1]))
         best = jaxsched.sample(
             sched,
             sched.init(n, x.shape),
@@ -274,8 +270,6 @@ STEPS = (50, 100, 200, 500)
 def _levels_run(sched, n, mixture, x):
     """Sample with the exact noise prediction at each grid level (not at the integer training
     timestep), so the error is the solver's alone."""
-    from jaxsched.analytic import optimal_epsilon
-
     _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, sched.flow_shift)
     levels = 1.0 / (1.0 + jnp.asarray(sigmas)[:n] ** 2)
 
@@ -293,14 +287,12 @@ def test_convergence_orders_in_float64():
     every step moving), against the probability-flow ODE solved by DOP853 to 1e-11. Measured
     fitted orders 1.57 / 1.87 / 2.68 over 50..500 steps; order 3 keeps converging to 500
     steps (4.7e-5 at 200, 3.3e-6 at 500)."""
-    from test_convergence import _exact_flow
-
     with jax.enable_x64(True):
         mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
         x = jax.random.normal(jax.random.key(1), (64, 16), jnp.float64)
         grid = {"use_exponential_sigmas": True, "repeat_final_sigma": False}
         _, sigmas = _levels_run(jaxsched.DEISMultistepScheduler(**grid), 4, mixture, x)
-        exact = _exact_flow(mixture, np.asarray(x), -np.log(sigmas[0]), -np.log(sigmas[-1]))
+        exact = probability_flow(mixture, np.asarray(x), -np.log(sigmas[0]), -np.log(sigmas[-1]))
         errors = {}
         for order in (1, 2, 3):
             sched = jaxsched.DEISMultistepScheduler(solver_order=order, **grid)
