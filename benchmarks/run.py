@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from benchmarks.accuracy import SCHEDULES, error_table, round_trip_table
+from benchmarks.accuracy import SCHEDULES, clean_order_table, error_table, round_trip_table
 from benchmarks.costs import compile_table, memory_table, vmap_table
 from benchmarks.speed import speed_table
 
@@ -85,7 +85,7 @@ def accuracy_plot(rows: list[dict], path: Path) -> None:
             style = "-" if r["library"] == "jaxsched" else "--"
             label = r["solver"] if r["library"] == "jaxsched" else None
             ax.loglog(r["nfe"], r["rms_error"], style, color=colours[r["solver"]], label=label)
-        ax.set_title(f"{schedule}, ends at {end}", fontsize=9)
+        ax.set_title(f"{schedule},\nends at {end}", fontsize=8)
         ax.set_xlabel("NFE")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("RMS error (solid: jaxsched, dashed: diffusers)")
@@ -112,7 +112,7 @@ def _accuracy_summary(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=20, help="timing rounds per benchmark")
+    parser.add_argument("--rounds", type=int, default=40, help="timing rounds per benchmark")
     parser.add_argument("--skip-accuracy", action="store_true", help="speed and costs only")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -140,7 +140,12 @@ def main() -> None:
             "accuracy: RMS error to the exact flow, fitted order (NFE >= 20)",
             _accuracy_summary(results["accuracy"]),
         )
-        accuracy_plot(results["accuracy"], RESULTS / "accuracy.png")
+        results["clean_orders"] = clean_order_table()
+        _print_rows(
+            "convergence on log-SNR-uniform grids, exact levels, float64 (jaxsched)",
+            _accuracy_summary(results["clean_orders"]),
+        )
+        accuracy_plot(results["accuracy"] + results["clean_orders"], RESULTS / "accuracy.png")
         results["round_trip"] = round_trip_table()
         _print_rows("inversion round trip (SD schedule): RMS error", results["round_trip"])
     (RESULTS / f"results-{jax.default_backend()}.json").write_text(

@@ -102,3 +102,32 @@ def probability_flow(
     if not solution.success:
         raise RuntimeError(f"the probability-flow ODE did not solve: {solution.message}")
     return solution.y[:, -1].reshape(x_start.shape)
+
+
+def sample_at_grid_levels(scheduler, num_inference_steps: int, mixture: GaussianMixture, x):
+    """``(sample, sigmas)``: a multistep scheduler's run with the exact noise prediction taken at
+    each step's own grid level ``abar = 1 / (1 + sigma^2)``, not at the rounded integer training
+    timestep a network is called with, so the error is the solver's alone.
+
+    Args:
+        scheduler: a DPM-Solver or DEIS scheduler (variance-preserving sigmas).
+        num_inference_steps: ``N``.
+        mixture: the data distribution.
+        x: ``(B, D)`` starting sample.
+
+    Returns:
+        The final sample ``(B, D)`` and the ``(N + 1,)`` sigma grid.
+    """
+    _, sigmas = scheduler.sigma_grid(
+        scheduler.noise_schedule(), num_inference_steps, None, scheduler.flow_shift
+    )
+    levels = 1.0 / (1.0 + jnp.asarray(sigmas)[:num_inference_steps] ** 2)
+
+    def body(carry, abar):
+        state, x = carry
+        t = state.timesteps[state.step_index]
+        return scheduler.step(state, optimal_epsilon(mixture, x, abar), t, x), None
+
+    state = scheduler.init(num_inference_steps, jnp.shape(x), jnp.result_type(x))
+    (_, out), _ = jax.lax.scan(body, (state, x), levels)
+    return out, sigmas

@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 from scipy.integrate import quad
 
 import jaxsched
-from jaxsched.analytic import epsilon_model, optimal_epsilon, probability_flow, random_mixture
+from jaxsched.analytic import (
+    epsilon_model,
+    optimal_epsilon,
+    probability_flow,
+    random_mixture,
+    sample_at_grid_levels,
+)
 from jaxsched.solvers.deis import deis_step_weights
 
 CLS = "DEISMultistepScheduler"
@@ -268,18 +274,8 @@ def test_float32_third_order_keeps_converging_where_diffusers_diverges():
 STEPS = (50, 100, 200, 500)
 
 
-def _levels_run(sched, n, mixture, x):
-    """Sample with the exact noise prediction at each grid level (not at the integer training
-    timestep), so the error is the solver's alone."""
-    _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, sched.flow_shift)
-    levels = 1.0 / (1.0 + jnp.asarray(sigmas)[:n] ** 2)
-
-    def body(carry, abar):
-        state, x = carry
-        t = state.timesteps[state.step_index]
-        return sched.step(state, optimal_epsilon(mixture, x, abar), t, x), None
-
-    (_, out), _ = jax.lax.scan(body, (sched.init(n, x.shape), x), levels)
+def _at_levels(sched, n, mixture, x):
+    out, sigmas = sample_at_grid_levels(sched, n, mixture, x)
     return np.asarray(out), np.asarray(sigmas)
 
 
@@ -292,12 +288,12 @@ def test_convergence_orders_in_float64():
         mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
         x = jax.random.normal(jax.random.key(1), (64, 16), jnp.float64)
         grid = {"use_exponential_sigmas": True, "repeat_final_sigma": False}
-        _, sigmas = _levels_run(jaxsched.DEISMultistepScheduler(**grid), 4, mixture, x)
+        _, sigmas = _at_levels(jaxsched.DEISMultistepScheduler(**grid), 4, mixture, x)
         exact = probability_flow(mixture, np.asarray(x), -np.log(sigmas[0]), -np.log(sigmas[-1]))
         errors = {}
         for order in (1, 2, 3):
             sched = jaxsched.DEISMultistepScheduler(solver_order=order, **grid)
-            runs = [_levels_run(sched, n, mixture, x)[0] for n in STEPS]
+            runs = [_at_levels(sched, n, mixture, x)[0] for n in STEPS]
             errors[order] = np.array([np.sqrt(np.mean((out - exact) ** 2)) for out in runs])
     for order, minimum in ((1, 0.9), (2, 1.8), (3, 2.5)):
         assert np.all(np.diff(errors[order]) < 0), errors
