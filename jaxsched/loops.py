@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,8 @@ from jaxsched.schedules import NoiseSchedule
 from jaxsched.state import SchedulerState
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+Remat = Literal["step", "sqrt"] | None
+REMAT_POLICIES = (None, "step", "sqrt")
 
 
 def _remaining_steps(state: SchedulerState) -> int | None:
@@ -80,6 +83,40 @@ def scan_step(
     return new
 
 
+def _scan_with_remat(body, carry, per_step, length: int, unroll: int, remat: Remat):
+    """``lax.scan(body, carry, per_step)``'s final carry, rematerialized for reverse mode.
+
+    - ``None``: plain scan; the backward pass keeps every step's intermediates (the model's
+      activations included), so its memory grows like ``N`` times one step's.
+    - ``"step"``: each step is a ``jax.checkpoint``; the backward pass keeps only each step's
+      carry (sample, history) and recomputes the step, one more forward pass in all.
+    - ``"sqrt"``: segments of ``~sqrt(N)`` checkpointed steps, each segment a checkpoint too
+      (Griewank's two-level scheme); the backward pass keeps ``~2 sqrt(N)`` carries and
+      recomputes each step twice.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+    if remat is None:
+        return lax.scan(body, carry, per_step, length=length, unroll=unroll)[0]
+    step = jax.checkpoint(body, prevent_cse=False)
+    if remat == "step" or length < 4:
+        return lax.scan(step, carry, per_step, length=length, unroll=unroll)[0]
+    segment_length = math.isqrt(length)
+    segments, rest = divmod(length, segment_length)
+    split = segments * segment_length
+    heads = jax.tree.map(
+        lambda a: a[:split].reshape(segments, segment_length, *a.shape[1:]), per_step
+    )
+
+    @jax.checkpoint
+    def segment(carry, inputs):
+        return lax.scan(step, carry, inputs, length=segment_length, unroll=unroll)[0], None
+
+    carry = lax.scan(segment, carry, heads, length=segments)[0]
+    tails = jax.tree.map(lambda a: a[split:], per_step)
+    return lax.scan(step, carry, tails, length=rest, unroll=unroll)[0]
+
+
 def sample(
     scheduler: Scheduler,
     state: SchedulerState,
@@ -90,6 +127,7 @@ def sample(
     noise: jax.Array | None = None,
     return_state: bool = False,
     unroll: int | None = None,
+    remat: Remat = None,
     **step_kwargs: Any,
 ) -> jax.Array | tuple[SchedulerState, jax.Array]:
     """Run the remaining steps of ``state`` from ``x`` with one ``lax.scan``.
@@ -113,6 +151,9 @@ def sample(
         unroll: steps per scan iteration; default ``scheduler.scan_unroll`` (1 for DDIM; 4 for
             the multistep solvers, where it lets XLA rotate the history buffers instead of
             copying them every step: about 2x faster on CPU, see ``benchmarks/``).
+        remat: what reverse-mode differentiation (``jax.grad`` through the loop) keeps:
+            ``None`` every step's intermediates, ``"step"`` only each step's carry, ``"sqrt"``
+            about ``2 sqrt(N)`` carries. The forward result is the same for all three.
         **step_kwargs: passed to every ``scheduler.step`` (e.g. ``eta``,
             ``use_clipped_model_output``).
 
@@ -127,7 +168,7 @@ def sample(
         ), None
 
     unroll = scheduler.scan_unroll if unroll is None else unroll
-    (state, x), _ = lax.scan(body, (state, x), per_step, length=length, unroll=unroll)
+    state, x = _scan_with_remat(body, (state, x), per_step, length, unroll, remat)
     return (state, x) if return_state else x
 
 

@@ -18,8 +18,13 @@ from jaxsched.solvers.deis import (
     SOLVER_TYPES,
     deis_step_weights,
 )
-from jaxsched.solvers.multistep import MultistepCoefficients, effective_order
+from jaxsched.solvers.multistep import (
+    MultistepCoefficients,
+    differentiable_where_finite,
+    effective_order,
+)
 from jaxsched.solvers.prediction import noise_from_data
+from jaxsched.solvers.safe_math import log_or_minus_inf
 from jaxsched.state import SchedulerState
 
 
@@ -62,14 +67,19 @@ class _DEISBase(MultistepScheduler):
         n = sigmas.shape[0] - 1
         alpha, sigma = self._levels(sigmas)
         rho = self._rhos(sigmas)
-        log_rho = jnp.log(rho)
+        log_rho = log_or_minus_inf(rho)
         # log rho at t, s0, s1, s2 for each step; before the first step the history repeats s0.
         s0 = log_rho[:n]
         s1 = jnp.concatenate([s0[:1], s0[:-1]])
         s2 = jnp.concatenate([s1[:1], s1[:-1]])
         log_rhos = (log_rho[1:], s0, s1, s2)
         order = effective_order(jnp.asarray(self._nominal_orders(n)), log_rhos)
-        weights = deis_step_weights((alpha[:n], alpha[1:]), (rho[:n], rho[1:]), log_rhos, order)
+        weights = differentiable_where_finite(
+            lambda nodes: deis_step_weights(
+                (alpha[:n], alpha[1:]), (rho[:n], rho[1:]), nodes, order
+            ),
+            log_rhos,
+        )
         # diffusers converts flow predictions with the raw grid sigma, flow sigmas or not.
         convert_sigma = sigmas if self.prediction_type == "flow_prediction" else sigma
         return MultistepCoefficients(

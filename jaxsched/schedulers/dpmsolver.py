@@ -13,7 +13,12 @@ from jaxsched._checks import OptionTypeError, check_bool, check_choice
 from jaxsched.schedulers.multistep import MultistepScheduler, sigma_spacing
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.solvers.dpmsolver import ALGORITHM_TYPES, SOLVER_TYPES, step_weights
-from jaxsched.solvers.multistep import MultistepCoefficients, effective_order
+from jaxsched.solvers.multistep import (
+    MultistepCoefficients,
+    differentiable_where_finite,
+    effective_order,
+)
+from jaxsched.solvers.safe_math import log_or_minus_inf
 from jaxsched.state import SchedulerState
 
 VARIANCE_TYPES = (None, "learned", "learned_range")
@@ -67,21 +72,24 @@ class _DPMBase(MultistepScheduler):
         # diffusers converts flow predictions with the raw grid sigma, flow sigmas or not.
         flow = self.prediction_type == "flow_prediction"
         convert_alpha, convert_sigma = (1.0 - sigmas, sigmas) if flow else (alpha, sigma)
-        lam = jnp.log(alpha) - jnp.log(sigma)
+        lam = log_or_minus_inf(alpha) - log_or_minus_inf(sigma)
         # lambda at t, s0, s1, s2 for each step; before the first step the history repeats s0.
         s0 = lam[:n]
         s1 = jnp.concatenate([s0[:1], s0[:-1]])
         s2 = jnp.concatenate([s1[:1], s1[:-1]])
         lambdas = (lam[1:], s0, s1, s2)
         order = effective_order(jnp.asarray(self._nominal_orders(n)), lambdas)
-        weights = step_weights(
-            self.algorithm_type,
-            self.solver_type,
-            (alpha[:n], alpha[1:]),
-            (sigma[:n], sigma[1:]),
+        weights = differentiable_where_finite(
+            lambda nodes: step_weights(
+                self.algorithm_type,
+                self.solver_type,
+                (alpha[:n], alpha[1:]),
+                (sigma[:n], sigma[1:]),
+                nodes,
+                order,
+                exact_third_order=self.exact_third_order,
+            ),
             lambdas,
-            order,
-            exact_third_order=self.exact_third_order,
         )
         return MultistepCoefficients(
             alpha=convert_alpha[:n], sigma=convert_sigma[:n], weights=weights, order=order

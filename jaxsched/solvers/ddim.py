@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.solvers.prediction import data_and_noise, limit_data, noise_from_data
+from jaxsched.solvers.safe_math import sqrt_or_zero
 from jaxsched.state import Thresholds
 
 
@@ -44,9 +45,9 @@ def ddim_coefficients(abar_from: jax.Array, abar_to: jax.Array) -> DDIMCoefficie
     beta_from = 1.0 - abar_from
     beta_to = 1.0 - abar_to
     return DDIMCoefficients(
-        alpha_from=jnp.sqrt(abar_from),
-        sigma_from=jnp.sqrt(beta_from),
-        alpha_to=jnp.sqrt(abar_to),
+        alpha_from=sqrt_or_zero(abar_from),
+        sigma_from=sqrt_or_zero(beta_from),
+        alpha_to=sqrt_or_zero(abar_to),
         sigma_to_sq=beta_to,
         variance=jnp.where(beta_from > 0, (beta_to / beta_from) * (1.0 - abar_from / abar_to), 0.0),
     )
@@ -81,7 +82,7 @@ def ddim_update(
             else (jnp.where(use_clipped_model_output, clipped_eps, eps))
         )
     if noise is None:
-        return row.alpha_to * x0 + jnp.sqrt(row.sigma_to_sq) * eps, x0
-    std = eta * jnp.sqrt(row.variance)
-    x_to = row.alpha_to * x0 + jnp.sqrt(row.sigma_to_sq - std**2) * eps + std * noise
+        return row.alpha_to * x0 + sqrt_or_zero(row.sigma_to_sq) * eps, x0
+    std = eta * sqrt_or_zero(row.variance)
+    x_to = row.alpha_to * x0 + sqrt_or_zero(row.sigma_to_sq - std**2) * eps + std * noise
     return x_to, x0

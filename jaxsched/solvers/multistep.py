@@ -11,6 +11,8 @@ multiply-add. The families differ only in how they compute the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import reduce
 from typing import NamedTuple
 
 import jax
@@ -54,6 +56,24 @@ def effective_order(nominal: jax.Array, nodes: tuple[jax.Array, ...]) -> jax.Arr
     _, s0, s1, s2 = nodes
     order = jnp.where((s0 == s1) | ~jnp.isfinite(s1), jnp.minimum(nominal, 1), nominal)
     return jnp.where((s1 == s2) | ~jnp.isfinite(s2), jnp.minimum(order, 2), order)
+
+
+def differentiable_where_finite(
+    weights_fn: Callable[[tuple[jax.Array, ...]], StepWeights], nodes: tuple[jax.Array, ...]
+) -> StepWeights:
+    """``weights_fn(nodes)``, with gradients through the steps whose nodes are all finite.
+
+    A node at infinity (a zero sigma: the data end of a grid) gives the right weights in IEEE
+    arithmetic, but their derivatives meet ``0 * inf``. Those steps are constants for
+    differentiation instead; their exact derivative is 0 for a zero final sigma (``a = 0``,
+    ``b0 = 1``).
+    """
+    exact = weights_fn(nodes)
+    if not any(isinstance(node, jax.core.Tracer) for node in nodes):
+        return exact  # concrete nodes: nothing differentiates through them
+    finite = reduce(jnp.logical_and, [jnp.isfinite(node) for node in nodes])
+    smooth = weights_fn(tuple(jnp.where(finite, node, 0.0) for node in nodes))
+    return jax.tree.map(lambda e, s: jnp.where(finite, s, jax.lax.stop_gradient(e)), exact, smooth)
 
 
 def guarded_inverse(value: jax.Array, used: jax.Array) -> jax.Array:
