@@ -5,6 +5,7 @@ A scheduler is a frozen configuration; ``init`` builds an immutable :class:`Sche
 under one ``lax.scan``.
 """
 
+from jaxsched import sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.loops import invert, sample
 from jaxsched.schedulers import (
@@ -42,4 +43,5 @@ __all__ = [
     "load_config",
     "noise_schedule",
     "sample",
+    "sharding",
 ]
