@@ -7,6 +7,7 @@ under one ``lax.scan``.
 
 from jaxsched import sharding
 from jaxsched.config import from_config, load_config
+from jaxsched.inversion import exact_invert
 from jaxsched.loops import invert, sample
 from jaxsched.schedulers import (
     SCHEDULERS,
@@ -37,6 +38,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "add_noise",
+    "exact_invert",
     "from_config",
     "get_velocity",
     "invert",

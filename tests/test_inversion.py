@@ -1,0 +1,92 @@
+"""Exact inversion (fixed-point iteration of the implicit forward step) on the analytic
+Gaussian-mixture problem: regenerating from its latent must return the data far more closely
+than plain inversion does."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsched
+from jaxsched.analytic import epsilon_model, random_mixture
+from jaxsched.inversion import exact_invert
+
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+FORWARD = {
+    "DDIM": jaxsched.DDIMScheduler(**SD, clip_sample=False),
+    "DPM-Solver++ 1": jaxsched.DPMSolverMultistepScheduler(
+        **SD, solver_order=1, final_sigmas_type="sigma_min"
+    ),
+    "DEIS 1": jaxsched.DEISMultistepScheduler(**SD, solver_order=1),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    mixture = random_mixture(jax.random.key(0), num_components=8, dim=64)
+    return mixture, mixture.sample(jax.random.key(2), 32)
+
+
+def _round_trip(sched, model, x0, latent, steps):
+    back = jaxsched.sample(sched, sched.init(steps, x0.shape), model, latent)
+    return float(jnp.sqrt(jnp.mean((back - x0) ** 2)))
+
+
+@pytest.mark.parametrize("name", list(FORWARD))
+def test_exact_inversion_is_100x_closer_than_plain_inversion(data, name):
+    """Measured at 50 steps (DDIM): plain inversion 4.0e-2 (diffusers' DDIMInverseScheduler gives
+    the same), exact inversion with 8 model calls per step 1.6e-5."""
+    mixture, x0 = data
+    sched = FORWARD[name]
+    model = epsilon_model(mixture, sched.noise_schedule())
+    plain = _round_trip(sched, model, x0, jaxsched.invert(sched, model, x0, 50), 50)
+    latent, residuals = jax.jit(
+        lambda x: exact_invert(sched, model, x, 50, iterations=8, return_residuals=True)
+    )(x0)
+    exact = _round_trip(sched, model, x0, latent, 50)
+    assert exact < plain / 100, (plain, exact)
+    assert residuals.shape == (50,) and float(jnp.max(residuals)) < 1e-3, residuals
+
+
+def test_more_iterations_invert_more_exactly(data):
+    mixture, x0 = data
+    sched = FORWARD["DDIM"]
+    model = epsilon_model(mixture, sched.noise_schedule())
+    errors = [
+        _round_trip(sched, model, x0, exact_invert(sched, model, x0, 25, iterations=k), 25)
+        for k in (1, 2, 4, 8)
+    ]
+    assert np.all(np.diff(errors) < 0), errors
+    assert errors[-1] < errors[0] / 30, errors
+
+
+def test_exact_inversion_is_differentiable(data):
+    mixture, x0 = data
+    sched = FORWARD["DDIM"]
+    model = epsilon_model(mixture, sched.noise_schedule())
+    grad = jax.grad(lambda x: jnp.sum(exact_invert(sched, model, x, 5, iterations=3) ** 2))(x0)
+    assert grad.shape == x0.shape and bool(jnp.all(jnp.isfinite(grad)))
+
+
+@pytest.mark.parametrize(
+    ("sched", "match"),
+    [
+        (jaxsched.DPMSolverMultistepScheduler(), "one-step solver"),
+        (jaxsched.DEISMultistepScheduler(solver_order=3), "one-step solver"),
+        (
+            jaxsched.DPMSolverMultistepScheduler(solver_order=1, algorithm_type="sde-dpmsolver++"),
+            "stochastic",
+        ),
+        (jaxsched.DDIMInverseScheduler(), "forward scheduler"),
+    ],
+)
+def test_schedulers_without_an_exact_inverse_are_rejected(sched, match):
+    with pytest.raises(ValueError, match=match):
+        exact_invert(sched, lambda x, t: x, jnp.zeros((2, 3)), 5)
+
+
+def test_iterations_must_be_positive():
+    with pytest.raises(ValueError, match="iterations"):
+        exact_invert(FORWARD["DDIM"], lambda x, t: x, jnp.zeros((2, 3)), 5, iterations=0)
