@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 
 from benchmarks.accuracy import SCHEDULES, clean_order_table, error_table, round_trip_table
+from benchmarks.beyond import exact_inversion_table, remat_table
 from benchmarks.costs import compile_table, memory_table, vmap_table
 from benchmarks.speed import speed_table
 
@@ -129,6 +130,8 @@ def main() -> None:
     _print_rows("vmap over 64 schedules vs one batched run (DPM++ 2M)", [results["vmap"]])
     results["memory"] = memory_table()
     _print_rows("compiled loop memory (in samples)", results["memory"])
+    results["remat"] = remat_table()
+    _print_rows("backward-pass temporaries (MB), 512-wide model, (64, 64) batch", results["remat"])
     if not args.skip_accuracy:
         results["accuracy"] = [
             row
@@ -148,6 +151,10 @@ def main() -> None:
         accuracy_plot(results["accuracy"] + results["clean_orders"], RESULTS / "accuracy.png")
         results["round_trip"] = round_trip_table()
         _print_rows("inversion round trip (SD schedule): RMS error", results["round_trip"])
+        results["exact_inversion"] = exact_inversion_table()
+        _print_rows(
+            "exact vs plain DDIM inversion: round-trip RMS error", results["exact_inversion"]
+        )
     (RESULTS / f"results-{jax.default_backend()}.json").write_text(
         json.dumps(results, indent=2) + "\n"
     )
