@@ -287,5 +287,10 @@ def round_trip_error(sched, num_inference_steps: int) -> float:
     model = epsilon_model(mixture, sched.noise_schedule())
     x0 = mixture.sample(jax.random.key(1), 128)
     latent = jaxsched.invert(sched, model, x0, num_inference_steps)
+    return regeneration_error(sched, model, x0, latent, num_inference_steps)
+
+
+def regeneration_error(sched, model, x0, latent, num_inference_steps: int) -> float:
+    """RMS distance to ``x0`` of what ``sched`` regenerates from ``latent``."""
     back = jaxsched.sample(sched, sched.init(num_inference_steps, x0.shape), model, latent)
     return float(jnp.sqrt(jnp.mean((back - x0) ** 2)))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _reference import regeneration_error
 
 import jaxsched
 from jaxsched.analytic import epsilon_model, random_mixture
@@ -29,11 +30,6 @@ def data():
     return mixture, mixture.sample(jax.random.key(2), 32)
 
 
-def _round_trip(sched, model, x0, latent, steps):
-    back = jaxsched.sample(sched, sched.init(steps, x0.shape), model, latent)
-    return float(jnp.sqrt(jnp.mean((back - x0) ** 2)))
-
-
 @pytest.mark.parametrize("name", list(FORWARD))
 def test_exact_inversion_is_100x_closer_than_plain_inversion(data, name):
     """Measured at 50 steps (DDIM): plain inversion 4.0e-2 (diffusers' DDIMInverseScheduler gives
@@ -41,11 +37,11 @@ def test_exact_inversion_is_100x_closer_than_plain_inversion(data, name):
     mixture, x0 = data
     sched = FORWARD[name]
     model = epsilon_model(mixture, sched.noise_schedule())
-    plain = _round_trip(sched, model, x0, jaxsched.invert(sched, model, x0, 50), 50)
+    plain = regeneration_error(sched, model, x0, jaxsched.invert(sched, model, x0, 50), 50)
     latent, residuals = jax.jit(
         lambda x: exact_invert(sched, model, x, 50, iterations=8, return_residuals=True)
     )(x0)
-    exact = _round_trip(sched, model, x0, latent, 50)
+    exact = regeneration_error(sched, model, x0, latent, 50)
     assert exact < plain / 100, (plain, exact)
     assert residuals.shape == (50,) and float(jnp.max(residuals)) < 1e-3, residuals
 
@@ -55,7 +51,7 @@ def test_more_iterations_invert_more_exactly(data):
     sched = FORWARD["DDIM"]
     model = epsilon_model(mixture, sched.noise_schedule())
     errors = [
-        _round_trip(sched, model, x0, exact_invert(sched, model, x0, 25, iterations=k), 25)
+        regeneration_error(sched, model, x0, exact_invert(sched, model, x0, 25, iterations=k), 25)
         for k in (1, 2, 4, 8)
     ]
     assert np.all(np.diff(errors) < 0), errors

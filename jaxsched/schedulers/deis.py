@@ -6,7 +6,6 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from jaxsched._checks import check_bool, check_choice
 from jaxsched.schedulers.multistep import MultistepScheduler, sigma_spacing
@@ -21,7 +20,6 @@ from jaxsched.solvers.deis import (
 from jaxsched.solvers.multistep import (
     MultistepCoefficients,
     differentiable_where_finite,
-    effective_order,
 )
 from jaxsched.solvers.prediction import noise_from_data
 from jaxsched.solvers.safe_math import log_or_minus_inf
@@ -68,12 +66,7 @@ class _DEISBase(MultistepScheduler):
         alpha, sigma = self._levels(sigmas)
         rho = self._rhos(sigmas)
         log_rho = log_or_minus_inf(rho)
-        # log rho at t, s0, s1, s2 for each step; before the first step the history repeats s0.
-        s0 = log_rho[:n]
-        s1 = jnp.concatenate([s0[:1], s0[:-1]])
-        s2 = jnp.concatenate([s1[:1], s1[:-1]])
-        log_rhos = (log_rho[1:], s0, s1, s2)
-        order = effective_order(jnp.asarray(self._nominal_orders(n)), log_rhos)
+        log_rhos, order = self._nodes_and_orders(log_rho)
         weights = differentiable_where_finite(
             lambda nodes: deis_step_weights(
                 (alpha[:n], alpha[1:]), (rho[:n], rho[1:]), nodes, order

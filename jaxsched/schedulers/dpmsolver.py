@@ -16,7 +16,6 @@ from jaxsched.solvers.dpmsolver import ALGORITHM_TYPES, SOLVER_TYPES, step_weigh
 from jaxsched.solvers.multistep import (
     MultistepCoefficients,
     differentiable_where_finite,
-    effective_order,
 )
 from jaxsched.solvers.safe_math import log_or_minus_inf
 from jaxsched.state import SchedulerState
@@ -73,12 +72,7 @@ class _DPMBase(MultistepScheduler):
         flow = self.prediction_type == "flow_prediction"
         convert_alpha, convert_sigma = (1.0 - sigmas, sigmas) if flow else (alpha, sigma)
         lam = log_or_minus_inf(alpha) - log_or_minus_inf(sigma)
-        # lambda at t, s0, s1, s2 for each step; before the first step the history repeats s0.
-        s0 = lam[:n]
-        s1 = jnp.concatenate([s0[:1], s0[:-1]])
-        s2 = jnp.concatenate([s1[:1], s1[:-1]])
-        lambdas = (lam[1:], s0, s1, s2)
-        order = effective_order(jnp.asarray(self._nominal_orders(n)), lambdas)
+        lambdas, order = self._nodes_and_orders(lam)
         weights = differentiable_where_finite(
             lambda nodes: step_weights(
                 self.algorithm_type,

@@ -33,7 +33,7 @@ from jaxsched.schedulers.base import (
     resolve_noise,
 )
 from jaxsched.schedules import NoiseSchedule, compute_dtype
-from jaxsched.solvers.multistep import MultistepCoefficients, multistep_update
+from jaxsched.solvers.multistep import MultistepCoefficients, effective_order, multistep_update
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
 from jaxsched.state import SchedulerState
 
@@ -322,6 +322,18 @@ class MultistepScheduler(Scheduler):
             return 1.0 - sigmas, sigmas
         alpha = 1.0 / jnp.sqrt(sigmas**2 + 1.0)
         return alpha, sigmas * alpha
+
+    def _nodes_and_orders(self, coordinate: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        """``((t, s0, s1, s2), order)`` of every step from the solver's grid coordinate
+        (lambda or log rho, ``(N + 1,)``): each ``(N,)``; before the first step the history
+        repeats ``s0``, and the order is lowered where history points coincide or are
+        infinite."""
+        n = coordinate.shape[0] - 1
+        s0 = coordinate[:n]
+        s1 = jnp.concatenate([s0[:1], s0[:-1]])
+        s2 = jnp.concatenate([s1[:1], s1[:-1]])
+        nodes = (coordinate[1:], s0, s1, s2)
+        return nodes, effective_order(jnp.asarray(self._nominal_orders(n)), nodes)
 
     def _nominal_orders(self, num_steps: int) -> np.ndarray:
         """The order diffusers uses at each step before history checks, ``(N,)``."""
