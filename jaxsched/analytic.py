@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched.schedules import NoiseSchedule
+from jaxsched.schedules import NoiseSchedule, alphas_cumprod_at
 
 
 class GaussianMixture(NamedTuple):
@@ -60,10 +60,11 @@ def optimal_epsilon(mixture: GaussianMixture, x: jax.Array, abar) -> jax.Array:
 
 
 def epsilon_model(mixture: GaussianMixture, schedule: NoiseSchedule):
-    """``model_fn(x, t)``: the exact noise prediction at integer training timestep ``t``."""
+    """``model_fn(x, t)``: the exact noise prediction at training timestep ``t``, an integer or
+    a continuous one (a custom sigma grid's; see :func:`jaxsched.schedules.alphas_cumprod_at`)."""
 
     def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
-        abar = schedule.alphas_cumprod[t].astype(x.dtype)
+        abar = alphas_cumprod_at(schedule, t).astype(x.dtype)
         return optimal_epsilon(mixture, x, abar).astype(x.dtype)
 
     return model_fn

@@ -142,6 +142,37 @@ def sigma_to_t(sigma, log_sigmas, xp):
     return (1.0 - w) * low + w * (low + 1)
 
 
+def check_sigma_grid(sigmas, *, ascending: bool, zero_first: bool, zero_last: bool) -> None:
+    """Check a custom ``(N + 1,)`` sigma grid: 1-D with at least two points, finite, monotone
+    in the run's direction (equal neighbours are zero-length steps), and positive except where
+    ``zero_first`` / ``zero_last`` allow a zero end (``alphas_cumprod = 1``). Values are checked
+    when concrete; a traced grid is trusted."""
+    if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D grid of N + 1 >= 2 values, got shape {jnp.shape(sigmas)}"
+        )
+    if not jnp.issubdtype(jnp.result_type(sigmas), jnp.floating):
+        raise TypeError(f"sigmas must be floating point, got {jnp.result_type(sigmas)}")
+    if isinstance(sigmas, jax.core.Tracer):
+        return
+    values = np.asarray(sigmas, np.float64)
+    steps = np.diff(values) if ascending else -np.diff(values)
+    positive = values[int(zero_first) : len(values) - int(zero_last)]
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(positive <= 0):
+        raise ValueError(f"sigmas must be finite and positive, got {values.tolist()[:8]}...")
+    if np.any(steps < 0):
+        order = "ascending (data to noise)" if ascending else "descending (noise to data)"
+        raise ValueError(f"sigmas must be {order}, got {values.tolist()[:8]}...")
+
+
+def continuous_timesteps(sigmas, alphas_cumprod: jax.Array) -> jax.Array:
+    """The continuous training timestep of each VP ``sigma = sqrt((1 - a) / a)``, by
+    :func:`sigma_to_t` on the schedule's table; ``(n,)`` floats, differentiable in ``sigmas``.
+    The inverse of :func:`jaxsched.schedules.alphas_cumprod_at`."""
+    log_sigmas = 0.5 * (jnp.log1p(-alphas_cumprod) - jnp.log(alphas_cumprod))
+    return sigma_to_t(jnp.asarray(sigmas, alphas_cumprod.dtype), log_sigmas, jnp)
+
+
 def karras_sigmas(sigma_min, sigma_max, n: int, xp):
     """Karras et al. (2022), eq. 5: ``rho = 7`` power-spaced sigmas, descending ``(n,)``."""
     ramp = xp.linspace(0.0, 1.0, n)

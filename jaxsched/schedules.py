@@ -205,28 +205,47 @@ def _per_sample(values: jax.Array, ndim: int) -> jax.Array:
     return values.reshape(values.shape + (1,) * max(ndim - 1, 0)) if values.size > 1 else values[0]
 
 
-def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array, jax.Array]:
-    """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample.
+# Floor of log sigma where a level is exactly noise-free (beta_start = 0), as sigma_to_t's.
+_LOG_SIGMA_FLOOR = float(np.log(1e-10))
 
-    Out-of-range timesteps raise when concrete and give NaN when traced (never a silent clamp).
+
+def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
+    """``a_t`` at integer or continuous training timesteps (any shape).
+
+    Integer ``t`` index the table. Floating ``t`` interpolate ``log sigma = log sqrt((1 - a)
+    / a)`` linearly between neighbouring timesteps, the inverse of the continuous timestep a
+    custom sigma grid calls the model with (:func:`jaxsched.grids.continuous_timesteps`), and
+    are differentiable in ``t``. Out-of-range timesteps raise when concrete and give NaN when
+    traced (never a silent clamp).
     """
     abar = schedule.alphas_cumprod
     num_train_timesteps = abar.shape[-1]
+    t = jnp.asarray(timesteps)
     known = concrete_value(timesteps)
-    if known is not None and (known.min() < 0 or known.max() >= num_train_timesteps):
+    if known is not None and (known.min() < 0 or known.max() > num_train_timesteps - 1):
         raise ValueError(
             f"timesteps must lie in 0..{num_train_timesteps - 1}, got {known.ravel().tolist()}"
         )
-    abar = _per_sample(
-        jnp.take(abar, jnp.asarray(timesteps), mode="fill", fill_value=jnp.nan), ndim
-    )
+    if jnp.issubdtype(t.dtype, jnp.integer):
+        return jnp.take(abar, t, mode="fill", fill_value=jnp.nan)
+    log_sigmas = jnp.maximum(0.5 * (jnp.log1p(-abar) - jnp.log(abar)), _LOG_SIGMA_FLOOR)
+    grid = jnp.arange(num_train_timesteps, dtype=abar.dtype)
+    inside = (t >= 0) & (t <= num_train_timesteps - 1)
+    log_sigma = jnp.interp(t.astype(abar.dtype), grid, log_sigmas)
+    return jnp.where(inside, jax.nn.sigmoid(-2.0 * log_sigma), jnp.nan)
+
+
+def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array, jax.Array]:
+    """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample."""
+    abar = _per_sample(alphas_cumprod_at(schedule, timesteps), ndim)
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
 
 def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> jax.Array:
     """Forward diffusion ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` (Ho et al. 2020, eq. 4).
 
-    ``timesteps`` is a scalar or one integer per leading-axis item ``(B,)``. Computed in at least
+    ``timesteps`` is a scalar or one per leading-axis item ``(B,)``, integer or continuous (see
+    :func:`alphas_cumprod_at`). Computed in at least
     float32 and returned in the samples' dtype.
     """
     x0 = jnp.asarray(original_samples)

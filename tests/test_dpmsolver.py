@@ -242,7 +242,7 @@ def test_custom_timesteps_match_diffusers():
         jaxsched.DPMSolverMultistepScheduler(use_karras_sigmas=True).init(
             None, SHAPE, timesteps=custom
         )
-    with pytest.raises(ValueError, match="exactly one of num_inference_steps and timesteps"):
+    with pytest.raises(ValueError, match="exactly one of num_inference_steps, timesteps"):
         jaxsched.DPMSolverMultistepScheduler().init(5, SHAPE, timesteps=custom)
 
 

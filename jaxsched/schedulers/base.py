@@ -64,6 +64,8 @@ class Scheduler:
     order: ClassVar[int] = 1
     #: Steps per ``lax.scan`` iteration in :func:`jaxsched.sample` (a compiled-loop detail).
     scan_unroll: ClassVar[int] = 1
+    #: Whether the run goes from data to noise (the inverse schedulers).
+    walks_toward_noise: ClassVar[bool] = False
     #: Options with no meaning in the other direction: ``inverse()`` drops them silently.
     direction_only_options: ClassVar[tuple[str, ...]] = ()
 

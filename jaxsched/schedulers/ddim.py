@@ -15,7 +15,13 @@ from jaxsched._checks import (
     check_int,
     check_nonnegative_scalar,
 )
-from jaxsched.grids import TIMESTEP_SPACINGS, ddim_grid, levels_at
+from jaxsched.grids import (
+    TIMESTEP_SPACINGS,
+    check_sigma_grid,
+    continuous_timesteps,
+    ddim_grid,
+    levels_at,
+)
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
@@ -42,7 +48,6 @@ class _DDIMBase(Scheduler):
     timestep_spacing: str = "leading"
     rescale_betas_zero_snr: bool = False
 
-    walks_toward_noise: ClassVar[bool]
     # The inverse class has no thresholding; the forward class overrides this with a field.
     thresholding: ClassVar[bool] = False
 
@@ -57,20 +62,31 @@ class _DDIMBase(Scheduler):
 
     def init(
         self,
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         shape: tuple[int, ...],
         dtype=None,
         schedule: NoiseSchedule | None = None,
+        *,
+        sigmas=None,
     ) -> SchedulerState:
         """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
 
         ``dtype`` defaults to float32 (float64 with x64 enabled).
         ``schedule`` (a :func:`jaxsched.noise_schedule`) replaces the config's betas; it may be
         traced, so ``jax.vmap(lambda s: sched.init(N, shape, schedule=s))`` batches schedules.
+        ``sigmas`` (instead of ``num_inference_steps``; a jaxsched extension) is a custom
+        ``(N + 1,)`` grid of ``sigma = sqrt((1 - a) / a)``, descending for sampling and
+        ascending for inversion, 0 allowed at the clean end (``a = 1``); see
+        :meth:`custom_grid_state`.
         """
-        self.check_num_inference_steps(num_inference_steps)
+        if num_inference_steps is not None and sigmas is not None:
+            raise ValueError("pass exactly one of num_inference_steps and sigmas")
+        if sigmas is None:
+            self.check_num_inference_steps(num_inference_steps)
         dtype = check_init_dtype(dtype)
         schedule = self.noise_schedule(schedule)
+        if sigmas is not None:
+            return self.custom_grid_state(schedule, sigmas, shape, dtype)
         grid = ddim_grid(
             self.timestep_spacing,
             num_inference_steps,
@@ -89,6 +105,32 @@ class _DDIMBase(Scheduler):
             ),
             schedule=schedule,
             thresholds=self.thresholds(table_dtype),
+            pred_original_sample=jnp.zeros(shape, dtype),
+        )
+
+    def custom_grid_state(
+        self, schedule: NoiseSchedule, sigmas, shape: tuple[int, ...], dtype
+    ) -> SchedulerState:
+        """The state of a run over the ``(N + 1,)`` sigma grid ``sigmas``: step ``i`` joins the
+        levels ``a = 1 / (1 + sigma^2)`` of ``sigmas[i]`` and ``sigmas[i + 1]``, calling the
+        model at the continuous timestep of the noisier one (the forward step's start; the
+        inverse step's destination, as diffusers' inverse does)."""
+        check_sigma_grid(
+            sigmas,
+            ascending=self.walks_toward_noise,
+            zero_first=self.walks_toward_noise,
+            zero_last=not self.walks_toward_noise,
+        )
+        abar = schedule.alphas_cumprod
+        sigmas = jnp.asarray(sigmas, abar.dtype)
+        levels = 1.0 / (1.0 + sigmas**2)
+        noisier = sigmas[1:] if self.walks_toward_noise else sigmas[:-1]
+        return SchedulerState(
+            timesteps=continuous_timesteps(noisier, abar),
+            step_index=jnp.zeros((), jnp.int32),
+            coefficients=ddim_coefficients(levels[:-1], levels[1:]),
+            schedule=schedule,
+            thresholds=self.thresholds(abar.dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
         )
 
@@ -140,7 +182,6 @@ class DDIMScheduler(_DDIMBase):
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
 
-    walks_toward_noise: ClassVar[bool] = False
     inverse_class_name: ClassVar[str] = "DDIMInverseScheduler"
 
     def _validate(self) -> None:

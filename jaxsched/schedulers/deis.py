@@ -144,6 +144,7 @@ class DEISMultistepInverseScheduler(_DEISBase):
     relates to :class:`DEISMultistepScheduler` as diffusers' DPM-Solver inverse relates to its
     forward scheduler (same options, less the dynamic shifting)."""
 
+    walks_toward_noise: ClassVar[bool] = True
     inverse_class_name: ClassVar[str] = "DEISMultistepScheduler"
 
     sigma_grid = MultistepScheduler.inverse_sigma_grid

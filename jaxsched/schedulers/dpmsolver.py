@@ -64,6 +64,11 @@ class _DPMBase(MultistepScheduler):
                 f"('dpmsolver++' or 'sde-dpmsolver++'), got {self.algorithm_type!r}"
             )
 
+    @property
+    def ends_at_zero_sigma_ok(self) -> bool:
+        """Only the data-prediction (``++``) algorithms can step to sigma = 0."""
+        return self.algorithm_type.endswith("++")
+
     def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
         """Every step's tables from the ``(N + 1,)`` sigma grid."""
         n = sigmas.shape[0] - 1
@@ -192,6 +197,7 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
     #: jaxsched extension: third-order weights exact for quadratic predictions (README).
     exact_third_order: bool = False
 
+    walks_toward_noise: ClassVar[bool] = True
     inverse_class_name: ClassVar[str] = "DPMSolverMultistepScheduler"
     extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 

@@ -17,6 +17,8 @@ from jaxsched.grids import (
     TIMESTEP_SPACINGS,
     array_module,
     beta_sigmas,
+    check_sigma_grid,
+    continuous_timesteps,
     dpm_timesteps,
     exponential_sigmas,
     flow_sigmas,
@@ -316,6 +318,24 @@ class MultistepScheduler(Scheduler):
         sigmas = xp.concatenate([sigmas, train_sigmas[noisiest : noisiest + 1]])
         return self._finish_grid(ts, sigmas, xp, table_dtype)
 
+    #: Whether a forward grid may end at sigma = 0 (the noise-form DPM-Solver may not).
+    ends_at_zero_sigma_ok: ClassVar[bool] = True
+
+    def custom_sigma_grid(self, schedule: NoiseSchedule, sigmas, flow_shift):
+        """``(timesteps (N,) float, sigmas (N + 1,))`` of a given grid: the model is called at
+        the continuous training timestep of each of the first ``N`` sigmas (``sigma * T`` for
+        flow sigmas). Forward grids descend and may end at 0 (see ``ends_at_zero_sigma_ok``);
+        inverse grids ascend from a positive sigma."""
+        zero_last = not self.walks_toward_noise and self.ends_at_zero_sigma_ok
+        check_sigma_grid(
+            sigmas, ascending=self.walks_toward_noise, zero_first=False, zero_last=zero_last
+        )
+        sigmas = jnp.asarray(sigmas, schedule.alphas_cumprod.dtype)
+        n = sigmas.shape[0] - 1
+        if self.use_flow_sigmas:
+            return sigmas[:n] * self.num_train_timesteps, sigmas
+        return continuous_timesteps(sigmas[:n], schedule.alphas_cumprod), sigmas
+
     def _levels(self, sigmas: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(alpha, sigma)`` of each grid sigma: VP ``1 / sqrt(1 + s^2)``, or flow ``1 - s``."""
         if self.use_flow_sigmas:
@@ -363,26 +383,42 @@ class MultistepScheduler(Scheduler):
         schedule: NoiseSchedule | None = None,
         *,
         timesteps=None,
+        sigmas=None,
         mu=None,
     ) -> SchedulerState:
         """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
 
         Args:
-            num_inference_steps: ``N``; ``None`` when ``timesteps`` are given.
+            num_inference_steps: ``N``; ``None`` when ``timesteps`` or ``sigmas`` are given.
             shape, dtype: of the samples (dtype defaults to float32, float64 with x64).
             schedule: replaces the config's betas (may be traced).
             timesteps: custom descending integer timesteps (not with a sigma spacing).
+            sigmas: a custom ``(N + 1,)`` sigma grid (jaxsched extension; may be traced, e.g.
+                a learned grid, :func:`jaxsched.learned_grid.learn_sigmas`): descending for
+                sampling (its last value the final sigma, which may be 0), ascending for
+                inversion. The model is then called at continuous timesteps (``state.timesteps``
+                is floating point). With ``use_flow_sigmas`` the values are flow sigmas; other
+                sigma spacings are rejected.
             mu: with ``use_dynamic_shifting``, the flow shift is ``exp(mu)`` (may be traced).
         """
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        given = {
+            "num_inference_steps": num_inference_steps,
+            "timesteps": timesteps,
+            "sigmas": sigmas,
+        }
+        if sum(value is not None for value in given.values()) != 1:
+            raise ValueError(f"pass exactly one of {', '.join(given)}")
+        spacing = sigma_spacing(self)
+        if spacing is not None and timesteps is not None:
+            raise ValueError(f"custom timesteps cannot be used with {spacing} sigmas")
+        if spacing not in (None, "flow") and sigmas is not None:
+            raise ValueError(f"custom sigmas cannot be used with {spacing} sigmas")
         if timesteps is not None:
-            spacing = sigma_spacing(self)
-            if spacing is not None:
-                raise ValueError(f"custom timesteps cannot be used with {spacing} sigmas")
             num_inference_steps = len(timesteps)
-        else:
+        elif num_inference_steps is not None:
             self.check_num_inference_steps(num_inference_steps)
+        if mu is not None and sigmas is not None:
+            raise ValueError("mu shifts the built-in flow grid; custom sigmas are used as given")
         if mu is not None and not self.use_dynamic_shifting:
             raise ValueError("mu is only used with use_dynamic_shifting=True")
         dtype = check_init_dtype(dtype)
@@ -394,7 +430,10 @@ class MultistepScheduler(Scheduler):
             flow_shift = math.exp(float(mu_value))  # float64, as diffusers' np.exp(mu)
         else:
             flow_shift = jnp.exp(mu)
-        ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
+        if sigmas is None:
+            ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
+        else:
+            ts, sigmas = self.custom_sigma_grid(schedule, sigmas, flow_shift)
         table_dtype = schedule.alphas_cumprod.dtype
         history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))
         return SchedulerState(
