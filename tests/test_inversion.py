@@ -46,6 +46,22 @@ def test_exact_inversion_is_100x_closer_than_plain_inversion(data, name):
     assert residuals.shape == (50,) and float(jnp.max(residuals)) < 1e-3, residuals
 
 
+@pytest.mark.parametrize("name", list(FORWARD))
+@pytest.mark.parametrize("steps", [10, 25])
+def test_anderson_acceleration_is_100x_closer_at_few_steps(data, name, steps):
+    """Measured with 8 calls per step (DDIM): 10 steps 1.1e-1 -> 3.2e-5, 25 steps 6.7e-2 ->
+    1.7e-7; the plain iteration reaches 1.5e-2 and 1.5e-3."""
+    mixture, x0 = data
+    sched = FORWARD[name]
+    model = epsilon_model(mixture, sched.noise_schedule())
+    plain = regeneration_error(sched, model, x0, jaxsched.invert(sched, model, x0, steps), steps)
+    latent = jax.jit(
+        lambda x: exact_invert(sched, model, x, steps, iterations=8, acceleration="anderson")
+    )(x0)
+    exact = regeneration_error(sched, model, x0, latent, steps)
+    assert exact < plain / 100, (plain, exact)
+
+
 def test_more_iterations_invert_more_exactly(data):
     mixture, x0 = data
     sched = FORWARD["DDIM"]
@@ -62,8 +78,13 @@ def test_exact_inversion_is_differentiable(data):
     mixture, x0 = data
     sched = FORWARD["DDIM"]
     model = epsilon_model(mixture, sched.noise_schedule())
-    grad = jax.grad(lambda x: jnp.sum(exact_invert(sched, model, x, 5, iterations=3) ** 2))(x0)
-    assert grad.shape == x0.shape and bool(jnp.all(jnp.isfinite(grad)))
+    for acceleration in (None, "anderson"):
+        grad = jax.grad(
+            lambda x, a=acceleration: jnp.sum(
+                exact_invert(sched, model, x, 5, iterations=3, acceleration=a) ** 2
+            )
+        )(x0)
+        assert grad.shape == x0.shape and bool(jnp.all(jnp.isfinite(grad)))
 
 
 @pytest.mark.parametrize(
@@ -83,6 +104,8 @@ def test_schedulers_without_an_exact_inverse_are_rejected(sched, match):
         exact_invert(sched, lambda x, t: x, jnp.zeros((2, 3)), 5)
 
 
-def test_iterations_must_be_positive():
+def test_iterations_must_be_positive_and_acceleration_known():
     with pytest.raises(ValueError, match="iterations"):
         exact_invert(FORWARD["DDIM"], lambda x, t: x, jnp.zeros((2, 3)), 5, iterations=0)
+    with pytest.raises(ValueError, match="acceleration must be one of"):
+        exact_invert(FORWARD["DDIM"], lambda x, t: x, jnp.zeros((2, 3)), 5, acceleration="newton")
