@@ -14,6 +14,7 @@ import jax
 from benchmarks.accuracy import SCHEDULES, clean_order_table, error_table, round_trip_table
 from benchmarks.beyond import exact_inversion_table, learned_grid_table, remat_table
 from benchmarks.costs import compile_table, memory_table, vmap_table
+from benchmarks.sharded import sharded_table
 from benchmarks.speed import speed_table
 
 RESULTS = Path(__file__).with_name("results")
@@ -131,6 +132,8 @@ def main() -> None:
     _print_rows("compiled loop memory (in samples)", results["memory"])
     results["remat"] = remat_table()
     _print_rows("backward-pass temporaries (MB), 512-wide model, (64, 64) batch", results["remat"])
+    results["sharded"] = sharded_table(args.rounds)
+    _print_rows("sharded over 8 simulated CPU devices vs one device (ms)", results["sharded"])
     if not args.skip_accuracy:
         results["accuracy"] = [
             row
