@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxsched._checks import concrete_value
 from jaxsched.grids import check_sigma_grid, karras_sigmas
 from jaxsched.loops import ModelFn, sample
 from jaxsched.schedulers.base import Scheduler
@@ -72,7 +73,8 @@ def grid_ends(scheduler: Scheduler, schedule: NoiseSchedule | None = None) -> Gr
     abar = scheduler.noise_schedule(schedule).alphas_cumprod
     train_sigmas = jnp.sqrt((1.0 - abar) / abar)
     sigma_min, sigma_max = train_sigmas[0], train_sigmas[-1]
-    if not bool(jnp.isfinite(sigma_max)) or not bool(sigma_min > 0):
+    known = concrete_value(train_sigmas)
+    if known is not None and not (np.isfinite(known[-1]) and known[0] > 0):
         raise ValueError(
             "a learned grid needs 0 < sigma_min and a finite sigma_max (no zero-terminal-SNR "
             "schedule, beta_start > 0)"
@@ -158,8 +160,9 @@ def learn_sigmas(
         reference: the target samples for ``x_T``; by default ``scheduler`` run over
             ``reference_steps`` log-uniform steps.
         reference_steps: steps of the default reference.
-        initial_sigmas: the ``(N + 1,)`` grid to start from; by default the better of the
-            log-uniform and the Karras (``rho = 7``) grids between the ends.
+        initial_sigmas: the ``(N + 1,)`` grid to start from (its step shares are kept, its
+            first and final sigmas become the scheduler's ends, :func:`grid_ends`); by default
+            the better of the log-uniform and the Karras (``rho = 7``) grids between the ends.
         optimizer: default ``optax.adam`` at 0.05 with cosine decay over ``iterations``.
         iterations: optimiser steps.
         schedule: replaces the config's betas, as in ``init``.
@@ -187,6 +190,11 @@ def learn_sigmas(
         ]
     else:
         check_sigma_grid(initial_sigmas, ascending=False, zero_first=False, zero_last=True)
+        if jnp.shape(initial_sigmas) != (num_inference_steps + 1,):
+            raise ValueError(
+                f"initial_sigmas must have num_inference_steps + 1 = {num_inference_steps + 1} "
+                f"values, got {jnp.shape(initial_sigmas)[0]}"
+            )
         starts = [jnp.asarray(initial_sigmas, ends.sigma_max.dtype)]
     starts = jnp.stack([logits_from_sigmas(sigmas, ends) for sigmas in starts])
     if optimizer is None:

@@ -27,7 +27,8 @@ class SchedulerState(NamedTuple):
     """Everything one sampling (or inversion) run needs; a pytree of arrays.
 
     Attributes:
-        timesteps: ``(N,)`` the timestep the model is called with at each step, in order.
+        timesteps: ``(N,)`` the timestep the model is called with at each step, in order
+            (integers; continuous floats for a custom sigma grid, ``init(sigmas=...)``).
         step_index: ``()`` int32 position of the next step; ``step`` advances it by one.
         coefficients: per-step tables, every leaf of leading size ``N`` (family-specific).
         schedule: the training :class:`NoiseSchedule` the grid was built from.

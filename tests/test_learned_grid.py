@@ -226,6 +226,14 @@ def test_loading_anything_else_raises(tmp_path):
             learned_grid.load_sigmas(path)
 
 
+def test_initial_sigmas_must_fit_the_step_budget():
+    sched = BUILTIN["DPM++ 2M"]
+    model = epsilon_model(MIXTURE, sched.noise_schedule())
+    grid = learned_grid.log_uniform_sigmas(5, learned_grid.grid_ends(sched))
+    with pytest.raises(ValueError, match="num_inference_steps \\+ 1 = 5"):
+        learned_grid.learn_sigmas(sched, model, 4, X, initial_sigmas=grid, iterations=1)
+
+
 @pytest.mark.parametrize(
     ("sched", "match"),
     [
