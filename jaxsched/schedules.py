@@ -199,7 +199,7 @@ def noise_schedule(
     return NoiseSchedule(betas=betas, alphas_cumprod=jnp.cumprod(1.0 - betas))
 
 
-def _per_sample(values: jax.Array, ndim: int) -> jax.Array:
+def per_sample(values: jax.Array, ndim: int) -> jax.Array:
     """Reshape ``(B,)`` (or scalar) per-sample values to broadcast against a rank-``ndim`` array."""
     values = jnp.ravel(values)
     return values.reshape(values.shape + (1,) * max(ndim - 1, 0)) if values.size > 1 else values[0]
@@ -237,7 +237,7 @@ def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
 
 def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array, jax.Array]:
     """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample."""
-    abar = _per_sample(alphas_cumprod_at(schedule, timesteps), ndim)
+    abar = per_sample(alphas_cumprod_at(schedule, timesteps), ndim)
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
 

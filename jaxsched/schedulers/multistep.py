@@ -34,7 +34,7 @@ from jaxsched.schedulers.base import (
     current_row,
     resolve_noise,
 )
-from jaxsched.schedules import NoiseSchedule, compute_dtype
+from jaxsched.schedules import NoiseSchedule, compute_dtype, per_sample
 from jaxsched.solvers.multistep import MultistepCoefficients, effective_order, multistep_update
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
 from jaxsched.state import SchedulerState
@@ -445,6 +445,29 @@ class MultistepScheduler(Scheduler):
             pred_original_sample=jnp.zeros(shape, dtype),
             history=history,
         )
+
+    # -- training-side helper -----------------------------------------------------------------
+
+    def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
+        """``alpha x0 + sigma noise`` at the grid level of each timestep, as diffusers' multistep
+        ``add_noise`` does outside a run (no ``begin_index``): each of the ``(B,)`` (or scalar)
+        ``timesteps`` is looked up in ``state.timesteps``; a timestep found twice uses its
+        second position, one not found the last step's level. Computed in at least float32 and
+        returned in the samples' dtype; jittable (the lookup is a comparison, not a search)."""
+        x0 = jnp.asarray(original_samples)
+        dtype = compute_dtype(x0.dtype, state.schedule.alphas_cumprod.dtype)
+        matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == state.timesteps[None, :]
+        first = jnp.argmax(matches, axis=1)
+        second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
+        count = jnp.sum(matches, axis=1)
+        last = state.num_inference_steps - 1
+        index = jnp.where(count == 0, last, jnp.where(count > 1, second, first))
+        alpha, sigma = state.coefficients.alpha[index], state.coefficients.sigma[index]
+        if self.prediction_type == "flow_prediction":  # the tables hold (1 - s, s) of grid s
+            alpha, sigma = self._levels(sigma)
+        alpha, sigma = per_sample(alpha, x0.ndim), per_sample(sigma, x0.ndim)
+        out = alpha * x0.astype(dtype) + sigma * jnp.asarray(noise).astype(dtype)
+        return out.astype(x0.dtype)
 
     # -- step ---------------------------------------------------------------------------------
 
