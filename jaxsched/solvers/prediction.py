@@ -29,7 +29,7 @@ def data_and_noise(
       ``x0 = x - sigma v`` and ``eps = v + x0``.
     """
     if prediction_type == "epsilon":
-        return (x - sigma * model_output) / alpha, model_output
+        return (x - sigma * model_output) * reciprocal_or_zero(alpha), model_output
     if prediction_type == "sample":
         return model_output, noise_from_data(x, model_output, alpha, sigma)
     if prediction_type == "v_prediction":
@@ -42,9 +42,21 @@ def data_and_noise(
     )
 
 
+def reciprocal_or_zero(scale):
+    """``1 / scale``, and 0 where ``scale`` is 0 (with a zero derivative there).
+
+    At a level with ``alpha = 0`` (zero terminal SNR) an epsilon prediction says nothing about
+    ``x0``, and at ``sigma = 0`` (the data end) a sample prediction says nothing about ``eps``;
+    both are then taken as 0, where diffusers divides by zero (inf, or NaN for ``0 / 0``).
+    """
+    nonzero = scale != 0
+    return jnp.where(nonzero, 1.0 / jnp.where(nonzero, scale, 1.0), 0.0)
+
+
 def noise_from_data(x: jax.Array, x0: jax.Array, alpha, sigma) -> jax.Array:
-    """``eps = (x - alpha x0) / sigma``: the noise consistent with ``x`` and ``x0``."""
-    return (x - alpha * x0) / sigma
+    """``eps = (x - alpha x0) / sigma``: the noise consistent with ``x`` and ``x0`` (0 at
+    ``sigma = 0``, see :func:`reciprocal_or_zero`)."""
+    return (x - alpha * x0) * reciprocal_or_zero(sigma)
 
 
 def dynamic_threshold(x0: jax.Array, ratio, max_value) -> jax.Array:
