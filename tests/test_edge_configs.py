@@ -91,3 +91,16 @@ def test_cosine_schedule_with_lambda_min_clipped_stays_finite(lambda_min_clipped
     )
     for steps in (1, 10, 50):
         assert _run_is_finite(sched, steps, key=jax.random.key(1)), steps
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        jaxsched.DDIMScheduler(rescale_betas_zero_snr=True, clip_sample=False),
+        jaxsched.DDIMInverseScheduler(prediction_type="sample", set_alpha_to_one=True),
+    ],
+)
+def test_undetermined_predictions_have_finite_gradients(sched):
+    state = sched.init(10, X.shape)
+    grad = jax.grad(lambda x: jnp.sum(jaxsched.sample(sched, state, _model, x) ** 2))(X)
+    assert bool(jnp.all(jnp.isfinite(grad)))
