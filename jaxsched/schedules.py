@@ -40,8 +40,11 @@ def default_float_dtype() -> jnp.dtype:
 
 
 def compute_dtype(sample_dtype, table_dtype) -> jnp.dtype:
-    """Samples are updated in at least the tables' precision (float32, or float64 with x64)."""
-    return jnp.promote_types(sample_dtype, table_dtype)
+    """Samples are updated in at least the tables' precision (float32, or float64 with x64):
+    the wider of the two floating dtypes, chosen explicitly so that it also holds under
+    ``jax_numpy_dtype_promotion="strict"``."""
+    sample, table = jnp.dtype(sample_dtype), jnp.dtype(table_dtype)
+    return sample if sample.itemsize > table.itemsize else table
 
 
 def linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=None) -> jax.Array:

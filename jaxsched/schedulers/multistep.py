@@ -113,6 +113,8 @@ class MultistepScheduler(Scheduler):
     use_dynamic_shifting: ClassVar[bool] = False
     #: Whether sigma spacings end by repeating their last sigma (a zero-length last step).
     repeat_final_sigma: ClassVar[bool] = True
+    #: Whether a forward grid may end at sigma = 0 (the noise-form DPM-Solver may not).
+    ends_at_zero_sigma_ok: ClassVar[bool] = True
     #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
     extension_options: ClassVar[tuple[str, ...]] = ()
     #: Four steps per scan iteration: XLA then rotates the history buffers through the unrolled
@@ -317,9 +319,6 @@ class MultistepScheduler(Scheduler):
         sigmas = self._sigmas_at(ts, xp, train_sigmas)
         sigmas = xp.concatenate([sigmas, train_sigmas[noisiest : noisiest + 1]])
         return self._finish_grid(ts, sigmas, xp, table_dtype)
-
-    #: Whether a forward grid may end at sigma = 0 (the noise-form DPM-Solver may not).
-    ends_at_zero_sigma_ok: ClassVar[bool] = True
 
     def custom_sigma_grid(self, schedule: NoiseSchedule, sigmas, flow_shift):
         """``(timesteps (N,) float, sigmas (N + 1,))`` of a given grid: the model is called at
