@@ -5,7 +5,7 @@ A scheduler is a frozen configuration; ``init`` builds an immutable :class:`Sche
 under one ``lax.scan``.
 """
 
-from jaxsched import sharding
+from jaxsched import learned_grid, sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.inversion import exact_invert
 from jaxsched.loops import invert, sample
@@ -42,6 +42,7 @@ __all__ = [
     "from_config",
     "get_velocity",
     "invert",
+    "learned_grid",
     "load_config",
     "noise_schedule",
     "sample",
