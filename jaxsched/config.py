@@ -22,12 +22,19 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
     ``scheduler_config.json``."""
     if isinstance(source, Mapping):
         return dict(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"a scheduler config is a mapping, a JSON file or a directory, got {source!r}"
+        )
     path = Path(source)
     if path.is_dir():
         path = path / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no scheduler config at {path}")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return config

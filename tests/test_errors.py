@@ -449,6 +449,15 @@ def test_from_config_json_not_an_object(tmp_path):
         jaxsched.from_config(path)
 
 
+def test_from_config_invalid_json_and_wrong_source_type(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        jaxsched.from_config(path)
+    with pytest.raises(TypeError, match="a mapping, a JSON file or a directory, got 42"):
+        jaxsched.from_config(42)
+
+
 def test_from_config_bad_option_values_fail_like_construction():
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         jaxsched.from_config({"_class_name": "DDIMScheduler", "prediction_type": "eps"})
