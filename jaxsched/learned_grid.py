@@ -250,6 +250,8 @@ def load_sigmas(path: str | os.PathLike) -> tuple[jax.Array, dict]:
         raise ValueError(f"{path} is not a sigma grid file (invalid JSON: {err})") from err
     if not isinstance(record, dict) or record.get("format") != GRID_FILE_FORMAT:
         raise ValueError(f"{path} is not a sigma grid file (no format {GRID_FILE_FORMAT!r})")
+    if not {"sigmas", "scheduler"} <= record.keys():
+        raise ValueError(f"{path}: a sigma grid file needs 'sigmas' and 'scheduler' entries")
     sigmas = np.asarray(record["sigmas"], np.float64)
     check_sigma_grid(sigmas, ascending=False, zero_first=False, zero_last=True)
     if len(sigmas) - 1 != record.get("num_inference_steps"):

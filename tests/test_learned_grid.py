@@ -221,7 +221,14 @@ def test_loading_anything_else_raises(tmp_path):
             }
         )
     )
-    for path, match in ((bad_json, "invalid JSON"), (other, "format"), (wrong_count, "match")):
+    no_sigmas = tmp_path / "no_sigmas.json"
+    no_sigmas.write_text(json.dumps({"format": learned_grid.GRID_FILE_FORMAT}))
+    for path, match in (
+        (bad_json, "invalid JSON"),
+        (other, "format"),
+        (wrong_count, "match"),
+        (no_sigmas, "needs 'sigmas'"),
+    ):
         with pytest.raises(ValueError, match=match):
             learned_grid.load_sigmas(path)
 
