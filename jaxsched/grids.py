@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsched.schedules import log_sigmas
+
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # Index meaning "the boundary level" (DDIM's final / initial alpha), not a training timestep.
 BOUNDARY = -1
@@ -169,8 +171,8 @@ def continuous_timesteps(sigmas, alphas_cumprod: jax.Array) -> jax.Array:
     """The continuous training timestep of each VP ``sigma = sqrt((1 - a) / a)``, by
     :func:`sigma_to_t` on the schedule's table; ``(n,)`` floats, differentiable in ``sigmas``.
     The inverse of :func:`jaxsched.schedules.alphas_cumprod_at`."""
-    log_sigmas = 0.5 * (jnp.log1p(-alphas_cumprod) - jnp.log(alphas_cumprod))
-    return sigma_to_t(jnp.asarray(sigmas, alphas_cumprod.dtype), log_sigmas, jnp)
+    table = log_sigmas(alphas_cumprod)
+    return sigma_to_t(jnp.asarray(sigmas, alphas_cumprod.dtype), table, jnp)
 
 
 def karras_sigmas(sigma_min, sigma_max, n: int, xp):

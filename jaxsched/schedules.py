@@ -212,6 +212,11 @@ def per_sample(values: jax.Array, ndim: int) -> jax.Array:
 _LOG_SIGMA_FLOOR = float(np.log(1e-10))
 
 
+def log_sigmas(alphas_cumprod: jax.Array) -> jax.Array:
+    """``log sigma = log sqrt((1 - a) / a)`` of each level (``-inf`` where ``a = 1``)."""
+    return 0.5 * (jnp.log1p(-alphas_cumprod) - jnp.log(alphas_cumprod))
+
+
 def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
     """``a_t`` at integer or continuous training timesteps (any shape).
 
@@ -231,10 +236,10 @@ def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
         )
     if jnp.issubdtype(t.dtype, jnp.integer):
         return jnp.take(abar, t, mode="fill", fill_value=jnp.nan)
-    log_sigmas = jnp.maximum(0.5 * (jnp.log1p(-abar) - jnp.log(abar)), _LOG_SIGMA_FLOOR)
+    table = jnp.maximum(log_sigmas(abar), _LOG_SIGMA_FLOOR)
     grid = jnp.arange(num_train_timesteps, dtype=abar.dtype)
     inside = (t >= 0) & (t <= num_train_timesteps - 1)
-    log_sigma = jnp.interp(t.astype(abar.dtype), grid, log_sigmas)
+    log_sigma = jnp.interp(t.astype(abar.dtype), grid, table)
     return jnp.where(inside, jax.nn.sigmoid(-2.0 * log_sigma), jnp.nan)
 
 
@@ -244,18 +249,25 @@ def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
 
+def noised(original_samples, noise, alpha, sigma, table_dtype) -> jax.Array:
+    """``alpha x0 + sigma noise`` with scalar or per-sample ``(B,)`` scales, computed in at least
+    the tables' precision and returned in the samples' dtype."""
+    x0 = jnp.asarray(original_samples)
+    dtype = compute_dtype(x0.dtype, table_dtype)
+    alpha, sigma = (per_sample(v, x0.ndim).astype(dtype) for v in (alpha, sigma))
+    out = alpha * x0.astype(dtype) + sigma * jnp.asarray(noise).astype(dtype)
+    return out.astype(x0.dtype)
+
+
 def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> jax.Array:
     """Forward diffusion ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` (Ho et al. 2020, eq. 4).
 
     ``timesteps`` is a scalar or one per leading-axis item ``(B,)``, integer or continuous (see
-    :func:`alphas_cumprod_at`). Computed in at least
-    float32 and returned in the samples' dtype.
+    :func:`alphas_cumprod_at`). Computed in at least float32 and returned in the samples'
+    dtype.
     """
-    x0 = jnp.asarray(original_samples)
-    dtype = compute_dtype(x0.dtype, schedule.alphas_cumprod.dtype)
-    sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
-    out = sqrt_a * x0.astype(dtype) + sqrt_b * jnp.asarray(noise).astype(dtype)
-    return out.astype(x0.dtype)
+    abar = alphas_cumprod_at(schedule, timesteps)
+    return noised(original_samples, noise, jnp.sqrt(abar), jnp.sqrt(1.0 - abar), abar.dtype)
 
 
 def get_velocity(schedule: NoiseSchedule, sample, noise, timesteps) -> jax.Array:

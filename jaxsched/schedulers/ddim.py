@@ -31,7 +31,7 @@ from jaxsched.schedulers.base import (
     resolve_noise,
 )
 from jaxsched.schedules import NoiseSchedule, add_noise, compute_dtype, get_velocity
-from jaxsched.solvers.ddim import ddim_coefficients, ddim_update
+from jaxsched.solvers.ddim import DDIMCoefficients, ddim_coefficients, ddim_update
 from jaxsched.solvers.prediction import PREDICTION_TYPES
 from jaxsched.state import SchedulerState
 
@@ -77,7 +77,7 @@ class _DDIMBase(Scheduler):
         ``sigmas`` (instead of ``num_inference_steps``; a jaxsched extension) is a custom
         ``(N + 1,)`` grid of ``sigma = sqrt((1 - a) / a)``, descending for sampling and
         ascending for inversion, 0 allowed at the clean end (``a = 1``); see
-        :meth:`custom_grid_state`.
+        :meth:`custom_grid_tables`.
         """
         if num_inference_steps is not None and sigmas is not None:
             raise ValueError("pass exactly one of num_inference_steps and sigmas")
@@ -85,8 +85,23 @@ class _DDIMBase(Scheduler):
             self.check_num_inference_steps(num_inference_steps)
         dtype = check_init_dtype(dtype)
         schedule = self.noise_schedule(schedule)
-        if sigmas is not None:
-            return self.custom_grid_state(schedule, sigmas, shape, dtype)
+        if sigmas is None:
+            timesteps, coefficients = self.spaced_grid_tables(schedule, num_inference_steps)
+        else:
+            timesteps, coefficients = self.custom_grid_tables(schedule, sigmas)
+        return SchedulerState(
+            timesteps=timesteps,
+            step_index=jnp.zeros((), jnp.int32),
+            coefficients=coefficients,
+            schedule=schedule,
+            thresholds=self.thresholds(schedule.alphas_cumprod.dtype),
+            pred_original_sample=jnp.zeros(shape, dtype),
+        )
+
+    def spaced_grid_tables(
+        self, schedule: NoiseSchedule, num_inference_steps: int
+    ) -> tuple[jax.Array, DDIMCoefficients]:
+        """``(timesteps (N,) int32, tables)`` of diffusers' grid for the config's spacing."""
         grid = ddim_grid(
             self.timestep_spacing,
             num_inference_steps,
@@ -96,25 +111,18 @@ class _DDIMBase(Scheduler):
         )
         abar = schedule.alphas_cumprod
         boundary = 1.0 if self.set_alpha_to_one else abar[0]
-        table_dtype = abar.dtype
-        return SchedulerState(
-            timesteps=jnp.asarray(grid.timesteps, jnp.int32),
-            step_index=jnp.zeros((), jnp.int32),
-            coefficients=ddim_coefficients(
-                levels_at(abar, grid.index_from, boundary), levels_at(abar, grid.index_to, boundary)
-            ),
-            schedule=schedule,
-            thresholds=self.thresholds(table_dtype),
-            pred_original_sample=jnp.zeros(shape, dtype),
+        coefficients = ddim_coefficients(
+            levels_at(abar, grid.index_from, boundary), levels_at(abar, grid.index_to, boundary)
         )
+        return jnp.asarray(grid.timesteps, jnp.int32), coefficients
 
-    def custom_grid_state(
-        self, schedule: NoiseSchedule, sigmas, shape: tuple[int, ...], dtype
-    ) -> SchedulerState:
-        """The state of a run over the ``(N + 1,)`` sigma grid ``sigmas``: step ``i`` joins the
-        levels ``a = 1 / (1 + sigma^2)`` of ``sigmas[i]`` and ``sigmas[i + 1]``, calling the
-        model at the continuous timestep of the noisier one (the forward step's start; the
-        inverse step's destination, as diffusers' inverse does)."""
+    def custom_grid_tables(
+        self, schedule: NoiseSchedule, sigmas
+    ) -> tuple[jax.Array, DDIMCoefficients]:
+        """``(timesteps (N,) float, tables)`` of a run over the ``(N + 1,)`` sigma grid
+        ``sigmas``: step ``i`` joins the levels ``a = 1 / (1 + sigma^2)`` of ``sigmas[i]`` and
+        ``sigmas[i + 1]``, calling the model at the continuous timestep of the noisier one (the
+        forward step's start; the inverse step's destination, as diffusers' inverse does)."""
         check_sigma_grid(
             sigmas,
             ascending=self.walks_toward_noise,
@@ -125,14 +133,7 @@ class _DDIMBase(Scheduler):
         sigmas = jnp.asarray(sigmas, abar.dtype)
         levels = 1.0 / (1.0 + sigmas**2)
         noisier = sigmas[1:] if self.walks_toward_noise else sigmas[:-1]
-        return SchedulerState(
-            timesteps=continuous_timesteps(noisier, abar),
-            step_index=jnp.zeros((), jnp.int32),
-            coefficients=ddim_coefficients(levels[:-1], levels[1:]),
-            schedule=schedule,
-            thresholds=self.thresholds(abar.dtype),
-            pred_original_sample=jnp.zeros(shape, dtype),
-        )
+        return continuous_timesteps(noisier, abar), ddim_coefficients(levels[:-1], levels[1:])
 
     def _ddim_step(self, state, model_output, x, *, eta, use_clipped_model_output, key, noise):
         """The update shared by both directions; ``eta=0.0`` (a Python zero) is deterministic."""

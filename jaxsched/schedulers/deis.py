@@ -127,10 +127,9 @@ class DEISMultistepScheduler(_DEISBase):
         n = num_inference_steps
         table_dtype = schedule.alphas_cumprod.dtype
         if sigma_spacing(self) is not None:
-            grid = self._repeating_spacing_grid(
-                n, xp, train_sigmas, log_sigmas, flow_shift, ascending=False
+            return self._repeating_spacing_grid(
+                n, xp, train_sigmas, log_sigmas, flow_shift, table_dtype, ascending=False
             )
-            return self._finish_grid(*grid, xp, table_dtype)
         ts = self._descending_timesteps(n, timesteps, self.num_train_timesteps)
         sigmas = self._sigmas_at(ts, xp, train_sigmas)
         sigmas = xp.concatenate([sigmas, train_sigmas[:1]])

@@ -34,7 +34,7 @@ from jaxsched.schedulers.base import (
     current_row,
     resolve_noise,
 )
-from jaxsched.schedules import NoiseSchedule, compute_dtype, per_sample
+from jaxsched.schedules import NoiseSchedule, compute_dtype, noised
 from jaxsched.solvers.multistep import MultistepCoefficients, effective_order, multistep_update
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
 from jaxsched.state import SchedulerState
@@ -282,18 +282,18 @@ class MultistepScheduler(Scheduler):
         return xp.interp(xp.asarray(ts, train_sigmas.dtype), grid, train_sigmas)
 
     def _repeating_spacing_grid(
-        self, n: int, xp, train_sigmas, log_sigmas, flow_shift, *, ascending: bool
-    ):
-        """``(ts (n,), sigmas (n + 1,))`` of a sigma spacing as diffusers' DEIS and inverse
-        schedulers end it: ``n`` points with the last sigma repeated, or (without
+        self, n: int, xp, train_sigmas, log_sigmas, flow_shift, table_dtype, *, ascending: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(timesteps (n,) int, sigmas (n + 1,))`` of a sigma spacing as diffusers' DEIS and
+        inverse schedulers end it: ``n`` points with the last sigma repeated, or (without
         ``repeat_final_sigma``) ``n + 1`` points with the model called at the first ``n``."""
         points = n if self.repeat_final_sigma else n + 1
         sigmas, ts = self._spaced_sigmas(
             points, xp, train_sigmas, log_sigmas, flow_shift, ascending=ascending
         )
         if self.repeat_final_sigma:
-            return ts, xp.concatenate([sigmas, sigmas[-1:]])
-        return ts[:n], sigmas
+            return self._finish_grid(ts, xp.concatenate([sigmas, sigmas[-1:]]), xp, table_dtype)
+        return self._finish_grid(ts[:n], sigmas, xp, table_dtype)
 
     def inverse_sigma_grid(
         self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift
@@ -308,10 +308,9 @@ class MultistepScheduler(Scheduler):
         n = num_inference_steps
         table_dtype = schedule.alphas_cumprod.dtype
         if sigma_spacing(self) is not None:
-            grid = self._repeating_spacing_grid(
-                n, xp, train_sigmas, log_sigmas, flow_shift, ascending=True
+            return self._repeating_spacing_grid(
+                n, xp, train_sigmas, log_sigmas, flow_shift, table_dtype, ascending=True
             )
-            return self._finish_grid(*grid, xp, table_dtype)
         noisiest = self._last_timestep(lambdas, xp) - 1
         ts = inverse_dpm_timesteps(
             self.timestep_spacing, n, noisiest, self.num_train_timesteps, self.steps_offset
@@ -453,8 +452,6 @@ class MultistepScheduler(Scheduler):
         ``timesteps`` is looked up in ``state.timesteps``; a timestep found twice uses its
         second position, one not found the last step's level. Computed in at least float32 and
         returned in the samples' dtype; jittable (the lookup is a comparison, not a search)."""
-        x0 = jnp.asarray(original_samples)
-        dtype = compute_dtype(x0.dtype, state.schedule.alphas_cumprod.dtype)
         matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == state.timesteps[None, :]
         first = jnp.argmax(matches, axis=1)
         second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
@@ -464,9 +461,7 @@ class MultistepScheduler(Scheduler):
         alpha, sigma = state.coefficients.alpha[index], state.coefficients.sigma[index]
         if self.prediction_type == "flow_prediction":  # the tables hold (1 - s, s) of grid s
             alpha, sigma = self._levels(sigma)
-        alpha, sigma = per_sample(alpha, x0.ndim), per_sample(sigma, x0.ndim)
-        out = alpha * x0.astype(dtype) + sigma * jnp.asarray(noise).astype(dtype)
-        return out.astype(x0.dtype)
+        return noised(original_samples, noise, alpha, sigma, state.schedule.alphas_cumprod.dtype)
 
     # -- step ---------------------------------------------------------------------------------
 
