@@ -7,6 +7,7 @@ under one ``lax.scan``.
 
 from jaxsched import learned_grid, sharding
 from jaxsched.config import from_config, load_config
+from jaxsched.debug import checked
 from jaxsched.inversion import exact_invert
 from jaxsched.loops import invert, sample
 from jaxsched.schedulers import (
@@ -38,6 +39,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "add_noise",
+    "checked",
     "exact_invert",
     "from_config",
     "get_velocity",

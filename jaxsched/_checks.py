@@ -1,4 +1,9 @@
-"""Validation helpers shared by every scheduler: clear errors for bad options and inputs."""
+"""Validation helpers shared by every scheduler: clear errors for bad options and inputs.
+
+Checks of concrete values raise at once. Checks of traced values are
+``checkify.debug_check`` calls: they cost nothing and do nothing unless the caller runs under
+:func:`jaxsched.checked` (``checkify``), which then reports the first that failed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 class OptionTypeError(TypeError, ValueError):
@@ -81,6 +87,10 @@ def check_nonnegative_scalar(name: str, value: Any) -> np.ndarray | None:
     ):
         raise OptionTypeError(f"{name} must be a real scalar, got {value!r}")
     known = concrete_value(value)
-    if known is not None and not (np.isfinite(known) and known >= 0):
+    if known is None:
+        checkify.debug_check(
+            jnp.isfinite(value) & (value >= 0), f"{name} must be finite and >= 0, got {{}}", value
+        )
+    elif not (np.isfinite(known) and known >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {known}")
     return known

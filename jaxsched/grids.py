@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from jaxsched.schedules import log_sigmas
 
@@ -148,22 +149,27 @@ def check_sigma_grid(sigmas, *, ascending: bool, zero_first: bool, zero_last: bo
     """Check a custom ``(N + 1,)`` sigma grid: 1-D with at least two points, finite, monotone
     in the run's direction (equal neighbours are zero-length steps), and positive except where
     ``zero_first`` / ``zero_last`` allow a zero end (``alphas_cumprod = 1``). Values are checked
-    when concrete; a traced grid is trusted."""
+    when concrete; a traced grid is checked under :func:`jaxsched.checked`."""
     if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
         raise ValueError(
             f"sigmas must be a 1-D grid of N + 1 >= 2 values, got shape {jnp.shape(sigmas)}"
         )
     if not jnp.issubdtype(jnp.result_type(sigmas), jnp.floating):
         raise TypeError(f"sigmas must be floating point, got {jnp.result_type(sigmas)}")
-    if isinstance(sigmas, jax.core.Tracer):
+    traced = isinstance(sigmas, jax.core.Tracer)
+    xp = jnp if traced else np
+    values = sigmas if traced else np.asarray(sigmas, np.float64)
+    steps = xp.diff(values) if ascending else -xp.diff(values)
+    positive = values[int(zero_first) : values.shape[0] - int(zero_last)]
+    finite = xp.all(xp.isfinite(values)) & xp.all(values >= 0) & xp.all(positive > 0)
+    order = "ascending (data to noise)" if ascending else "descending (noise to data)"
+    if traced:
+        checkify.debug_check(finite, "sigmas must be finite and positive, got {}", values)
+        checkify.debug_check(xp.all(steps >= 0), f"sigmas must be {order}, got {{}}", values)
         return
-    values = np.asarray(sigmas, np.float64)
-    steps = np.diff(values) if ascending else -np.diff(values)
-    positive = values[int(zero_first) : len(values) - int(zero_last)]
-    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(positive <= 0):
+    if not finite:
         raise ValueError(f"sigmas must be finite and positive, got {values.tolist()[:8]}...")
     if np.any(steps < 0):
-        order = "ascending (data to noise)" if ascending else "descending (noise to data)"
         raise ValueError(f"sigmas must be {order}, got {values.tolist()[:8]}...")
 
 

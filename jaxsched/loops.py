@@ -9,6 +9,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import checkify
 
 from jaxsched._checks import concrete_value
 from jaxsched.schedulers.base import Scheduler
@@ -28,9 +29,14 @@ def _remaining_steps(state: SchedulerState) -> int | None:
             "sample a batch of states with jax.vmap"
         )
     index = concrete_value(state.step_index)
-    if index is None:
-        return None
     n = state.num_inference_steps
+    if index is None:
+        checkify.debug_check(
+            state.step_index < n,
+            f"the state has already taken all {n} steps (step_index {{}})",
+            state.step_index,
+        )
+        return None
     if index >= n:
         raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
     return n - int(index)
@@ -74,12 +80,17 @@ def scan_step(
     **step_kwargs: Any,
 ) -> tuple[SchedulerState, jax.Array]:
     """One iteration of a sampling scan: the model at the state's timestep, then the step;
-    with ``masked``, an iteration past the end is an exact no-op."""
+    with ``masked``, an iteration past the end is an exact no-op. Its discarded step runs at an
+    index wrapped into range, so it computes nothing out of range (no NaN rows, no failed
+    :func:`jaxsched.checked` position checks); the wrap is a modulo because a clamp measured
+    ~13% slower (DPM++ 2M, CPU)."""
     state, x = carry
-    t = state.timesteps[state.step_index]
-    new = scheduler.step(state, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
+    n = state.num_inference_steps
+    live = state._replace(step_index=state.step_index % n) if masked else state
+    t = live.timesteps[live.step_index]
+    new = scheduler.step(live, model_fn(x, t), t, x, **step_inputs, **step_kwargs)
     if masked:
-        new = _keep_finished(state.step_index >= state.num_inference_steps, carry, new)
+        new = _keep_finished(state.step_index >= n, carry, new)
     return new
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from jaxsched._checks import check_choice, check_floating_dtype, concrete_value
 
@@ -128,6 +129,8 @@ def _concrete_schedule(
         betas = _cosine_betas(num_train_timesteps).astype(dtype)
     if rescale:
         betas = _concrete_rescale_zero_terminal_snr(betas)
+    if not np.all((betas >= 0) & (betas <= 1)):
+        raise ValueError(f"betas must lie in [0, 1], got {betas.min()}..{betas.max()}")
     return NoiseSchedule(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(_cumprod(1 - betas)))
 
 
@@ -199,6 +202,12 @@ def noise_schedule(
         betas = cosine_betas(num_train_timesteps, dtype)
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
+    checkify.debug_check(
+        jnp.all((betas >= 0) & (betas <= 1)),
+        "betas must lie in [0, 1], got {}..{}",
+        jnp.min(betas),
+        jnp.max(betas),
+    )
     return NoiseSchedule(betas=betas, alphas_cumprod=jnp.cumprod(1.0 - betas))
 
 
@@ -230,7 +239,13 @@ def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
     num_train_timesteps = abar.shape[-1]
     t = jnp.asarray(timesteps)
     known = concrete_value(timesteps)
-    if known is not None and (known.min() < 0 or known.max() > num_train_timesteps - 1):
+    if known is None:
+        checkify.debug_check(
+            jnp.all((t >= 0) & (t <= num_train_timesteps - 1)),
+            f"timesteps must lie in 0..{num_train_timesteps - 1}, got {{}}",
+            t,
+        )
+    elif known.min() < 0 or known.max() > num_train_timesteps - 1:
         raise ValueError(
             f"timesteps must lie in 0..{num_train_timesteps - 1}, got {known.ravel().tolist()}"
         )

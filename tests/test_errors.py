@@ -552,3 +552,10 @@ def test_add_noise_rejects_out_of_range_timesteps_and_is_nan_when_traced():
 def test_schedule_with_integer_dtype_is_rejected():
     with pytest.raises(TypeError, match="noise_schedule dtype must have a floating-point dtype"):
         jaxsched.noise_schedule(dtype=jnp.int32)
+
+
+@pytest.mark.parametrize(("beta_start", "beta_end"), [(0.5, 1.5), (-0.2, 0.02)])
+def test_noise_schedule_rejects_betas_outside_the_unit_interval(beta_start, beta_end):
+    jaxsched.noise_schedule(beta_start=0.0001, beta_end=0.02)
+    with pytest.raises(ValueError, match=r"betas must lie in \[0, 1\], got"):
+        jaxsched.noise_schedule(beta_start=beta_start, beta_end=beta_end)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from jaxsched._checks import (
     OptionTypeError,
@@ -205,7 +206,8 @@ def check_init_dtype(dtype) -> jnp.dtype:
 
 
 def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
-    """Shape and dtype checks always; position checks where values are concrete (not traced).
+    """Shape and dtype checks always; position checks where values are concrete, and the same
+    checks plus finite inputs as :func:`jaxsched.checked` debug checks where they are traced.
 
     Raises:
         ValueError: a batched state outside ``jax.vmap``, mismatched shapes, a finished run,
@@ -228,14 +230,33 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
             f"the sample has shape {jnp.shape(x)} but the state was initialised for shape "
             f"{state.pred_original_sample.shape}"
         )
-    index = concrete_value(state.step_index)
-    if index is None:
-        return
+    for name, values in (("model_output", model_output), ("the sample", x)):
+        if isinstance(values, jax.core.Tracer):
+            checkify.debug_check(
+                jnp.all(jnp.isfinite(values)),
+                f"{name} has non-finite values at step {{}}",
+                state.step_index,
+            )
     n = state.num_inference_steps
-    if index >= n:
+    index, given, timesteps = (concrete_value(v) for v in (state.step_index, t, state.timesteps))
+    if index is None:
+        checkify.debug_check(
+            state.step_index < n,
+            f"the state has already taken all {n} steps (step_index {{}})",
+            state.step_index,
+        )
+    elif index >= n:
         raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
-    given, timesteps = concrete_value(t), concrete_value(state.timesteps)
-    if given is not None and timesteps is not None and not np.array_equal(given, timesteps[index]):
+    if index is None or given is None or timesteps is None:
+        current = state.timesteps[jnp.minimum(state.step_index, n - 1)]
+        checkify.debug_check(
+            jnp.all(t == current),
+            "t={} is not the state's current timestep {} (step {})",
+            t,
+            current,
+            state.step_index,
+        )
+    elif not np.array_equal(given, timesteps[index]):
         raise ValueError(
             f"t={given} is not the state's current timestep {timesteps[index]} "
             f"(step {int(index)} of {n}); pass state.timesteps[state.step_index]"
