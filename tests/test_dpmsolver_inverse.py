@@ -84,8 +84,9 @@ def test_sde_inversion_is_rejected_where_diffusers_returns_nan(algorithm_type):
     assert torch.isnan(out).all()
     with pytest.raises(ValueError, match="cannot invert: an SDE step toward noise"):
         jaxsched.DPMSolverMultistepInverseScheduler(algorithm_type=algorithm_type)
+    final = "zero" if algorithm_type.endswith("++") else "sigma_min"
     forward = jaxsched.DPMSolverMultistepScheduler(
-        algorithm_type=algorithm_type, final_sigmas_type="sigma_min"
+        algorithm_type=algorithm_type, final_sigmas_type=final
     )
     with pytest.raises(ValueError, match="cannot invert"):
         forward.inverse()
@@ -168,3 +169,16 @@ def test_inverse_keeps_shared_options_and_warns_only_about_meaningful_drops():
     )
     with pytest.warns(UserWarning, match=r"has no option\(s\) \['use_lu_lambdas'\]"):
         jaxsched.DPMSolverMultistepScheduler(use_lu_lambdas=True).inverse()
+
+
+@pytest.mark.parametrize("algorithm_type", ["dpmsolver", "dpmsolver++"])
+def test_inverse_of_the_inverse_is_a_valid_forward_scheduler(algorithm_type):
+    """A noise-form forward scheduler must end at sigma_min; inverse() sets that, so the round
+    trip returns the scheduler it started from."""
+    final = "zero" if algorithm_type.endswith("++") else "sigma_min"
+    forward = jaxsched.DPMSolverMultistepScheduler(
+        algorithm_type=algorithm_type, final_sigmas_type=final
+    )
+    assert forward.inverse().inverse() == forward
+    inverse = jaxsched.DPMSolverMultistepInverseScheduler(algorithm_type=algorithm_type)
+    assert inverse.inverse().inverse() == inverse

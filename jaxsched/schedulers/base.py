@@ -143,7 +143,12 @@ class Scheduler:
                 f"{target.__name__} has no option(s) {dropped}; the inverse runs without them",
                 stacklevel=2,
             )
-        return target(**{k: v for k, v in self.config.items() if k in names})
+        shared = {k: v for k, v in self.config.items() if k in names}
+        return target(**shared, **self._inverse_needs())
+
+    def _inverse_needs(self) -> dict[str, Any]:
+        """Options ``inverse()`` must set beyond the shared ones for the result to be valid."""
+        return {}
 
     # -- shared pieces of init and step --------------------------------------------------------
 

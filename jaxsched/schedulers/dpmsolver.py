@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +202,11 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
     extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 
     sigma_grid = MultistepScheduler.inverse_sigma_grid
+
+    def _inverse_needs(self) -> dict[str, Any]:
+        """Noise-form algorithms need the forward grid to end at ``sigma_min`` (a zero final
+        sigma is NaN for them), the level this grid starts from."""
+        return {} if self.algorithm_type.endswith("++") else {"final_sigmas_type": "sigma_min"}
 
     def _validate(self) -> None:
         super()._validate()
