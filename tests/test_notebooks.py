@@ -4,7 +4,6 @@ without needing one), with a non-interactive matplotlib backend."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +24,8 @@ def test_notebook_runs_and_is_stored_without_outputs(path):
     code = [cell for cell in cells if cell["cell_type"] == "code"]
     assert code and all(not cell["outputs"] for cell in code), "commit notebooks stripped"
     namespace: dict = {"__name__": "__main__"}
-    start = time.perf_counter()
     for index, cell in enumerate(code):
         exec(compile("".join(cell["source"]), f"{path.name}[{index}]", "exec"), namespace)
-    assert time.perf_counter() - start < 60, "keep each notebook under a minute on CPU"
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums(), "the notebook draws its figures"
