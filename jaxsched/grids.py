@@ -215,6 +215,18 @@ def flow_sigmas(n: int, num_train_timesteps: int, shift, xp):
     return s[::-1][:-1]
 
 
+def _leading_stride(span: int, n: int) -> int:
+    """``span // (n + 1)``, DPM-Solver's ``leading`` stride; 0 would make every timestep equal."""
+    stride = span // (n + 1)
+    if stride == 0:
+        raise ValueError(
+            f"timestep_spacing='leading' spaces {n} steps over {span} timesteps with a stride of "
+            f"{span} // {n + 1} = 0, so every timestep would be the same (diffusers runs that "
+            "degenerate grid); use fewer steps, or 'trailing' or 'linspace'"
+        )
+    return stride
+
+
 def dpm_timesteps(
     spacing: str, n: int, last_timestep: int, num_train_timesteps: int, steps_offset: int
 ) -> np.ndarray:
@@ -227,7 +239,7 @@ def dpm_timesteps(
     if spacing == "linspace":
         return np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
     if spacing == "leading":
-        stride = last_timestep // (n + 1)
+        stride = _leading_stride(last_timestep, n)
         return (np.arange(n + 1) * stride)[::-1][:-1].astype(np.int64) + steps_offset
     return trailing_timesteps(n, last_timestep, num_train_timesteps)
 
@@ -239,6 +251,6 @@ def inverse_dpm_timesteps(
     if spacing == "linspace":
         return np.linspace(0, noisiest, n + 1).round()[:-1].astype(np.int64)
     if spacing == "leading":
-        stride = (noisiest + 1) // (n + 1)
+        stride = _leading_stride(noisiest + 1, n)
         return (np.arange(n + 1) * stride)[:-1].astype(np.int64) + steps_offset
     return trailing_timesteps(n, noisiest + 1, num_train_timesteps)[::-1].copy()

@@ -88,6 +88,16 @@ def negative_eta():
     return jax.jit(lambda eta: DDIM.step(state, X, t, X, eta=eta, key=key)[1]), (-0.5,)
 
 
+def dpmsolver_pp_inversion_from_sigma_zero():
+    inverse = jaxsched.DPMSolverMultistepInverseScheduler()
+
+    def timesteps(beta_end):
+        schedule = jaxsched.noise_schedule(beta_start=0.0, beta_end=beta_end)
+        return inverse.init(10, SHAPE, schedule=schedule).timesteps
+
+    return jax.jit(timesteps), (0.02,)
+
+
 # (case, fragment of the message the checked call raises)
 FAILURES = [
     (wrong_t_step, "t=699 is not the state's current timestep 999 (step 0)"),
@@ -101,6 +111,7 @@ FAILURES = [
     (negative_sigma, "sigmas must be finite and positive"),
     (betas_above_one, "betas must lie in [0, 1], got"),
     (negative_eta, "eta must be finite and >= 0"),
+    (dpmsolver_pp_inversion_from_sigma_zero, "the inverse grid starts at sigma = 0"),
 ]
 
 

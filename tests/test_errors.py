@@ -559,3 +559,44 @@ def test_noise_schedule_rejects_betas_outside_the_unit_interval(beta_start, beta
     jaxsched.noise_schedule(beta_start=0.0001, beta_end=0.02)
     with pytest.raises(ValueError, match=r"betas must lie in \[0, 1\], got"):
         jaxsched.noise_schedule(beta_start=beta_start, beta_end=beta_end)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        jaxsched.DPMSolverMultistepScheduler,
+        jaxsched.DPMSolverMultistepInverseScheduler,
+        jaxsched.DEISMultistepScheduler,
+        jaxsched.DEISMultistepInverseScheduler,
+    ],
+)
+def test_leading_spacing_with_a_zero_stride_is_rejected(cls):
+    """DPM-Solver's leading stride is T // (N + 1): 0 at N = T, where diffusers runs N steps at
+    one timestep. jaxsched raises; N = T - 1 still works."""
+    sched = cls(timestep_spacing="leading")
+    assert len(set(np.asarray(sched.init(999, (1,)).timesteps).tolist())) == 999
+    with pytest.raises(ValueError, match=r"stride of 1000 // 1001 = 0"):
+        sched.init(1000, (1,))
+
+
+@pytest.mark.parametrize("cls", [jaxsched.DDIMScheduler, jaxsched.DPMSolverMultistepScheduler])
+def test_leading_steps_offset_past_the_last_timestep_is_rejected_at_init(cls):
+    """diffusers fails mid-run (an index past T - 1); jaxsched refuses the grid up front."""
+    sched = cls(timestep_spacing="leading", steps_offset=1)
+    n = 1000 if cls is jaxsched.DDIMScheduler else 999
+    sched.init(n - 1, (1,))
+    with pytest.raises(ValueError, match="1000"):
+        sched.init(n, (1,))
+
+
+def test_dpmsolver_pp_inversion_from_sigma_zero_is_rejected_and_noise_form_runs():
+    """With beta_start=0 the inverse grid starts at sigma = 0, where the data-prediction step
+    is inf - inf (diffusers returns NaN). The noise-form algorithm has the exact limit."""
+    x, eps = _inputs()
+    with pytest.raises(ValueError, match="starts at sigma = 0"):
+        jaxsched.DPMSolverMultistepInverseScheduler(beta_start=0.0).init(10, SHAPE)
+    noise_form = jaxsched.DPMSolverMultistepInverseScheduler(
+        beta_start=0.0, algorithm_type="dpmsolver"
+    )
+    out = jaxsched.sample(noise_form, noise_form.init(10, SHAPE), lambda x, t: eps, x)
+    assert bool(jnp.isfinite(out).all())

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
-from jaxsched._checks import OptionTypeError, check_bool, check_choice
+from jaxsched._checks import OptionTypeError, check_bool, check_choice, concrete_value
 from jaxsched.schedulers.multistep import MultistepScheduler, sigma_spacing
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.solvers.dpmsolver import ALGORITHM_TYPES, SOLVER_TYPES, step_weights
@@ -202,6 +203,27 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
     extension_options: ClassVar[tuple[str, ...]] = ("exact_third_order",)
 
     sigma_grid = MultistepScheduler.inverse_sigma_grid
+
+    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
+        """The forward tables on the ascending grid; a ``++`` grid must start above sigma 0.
+
+        From ``sigma_s = 0`` (``beta_start=0``) the data-prediction step ``(sigma_t /
+        sigma_s) x + ...`` is ``inf - inf``: diffusers returns NaN. That step needs the noise
+        prediction, which only the noise-form algorithm carries, so it raises (concrete grid)
+        or fails :func:`jaxsched.checked` (traced grid).
+        """
+        if self.algorithm_type.endswith("++"):
+            start = concrete_value(sigmas[0])
+            message = (
+                f"the inverse grid starts at sigma = 0 (alphas_cumprod = 1, e.g. beta_start=0), "
+                f"where {self.algorithm_type!r} is undefined (sigma_t / 0); invert with "
+                "algorithm_type='dpmsolver', DDIMInverseScheduler or DEISMultistepInverseScheduler"
+            )
+            if start is None:
+                checkify.debug_check(sigmas[0] > 0, message)
+            elif start <= 0:
+                raise ValueError(message)
+        return super().coefficients(sigmas)
 
     def _inverse_needs(self) -> dict[str, Any]:
         """Noise-form algorithms need the forward grid to end at ``sigma_min`` (a zero final
