@@ -562,13 +562,7 @@ def test_noise_schedule_rejects_betas_outside_the_unit_interval(beta_start, beta
 
 
 @pytest.mark.parametrize(
-    "cls",
-    [
-        jaxsched.DPMSolverMultistepScheduler,
-        jaxsched.DPMSolverMultistepInverseScheduler,
-        jaxsched.DEISMultistepScheduler,
-        jaxsched.DEISMultistepInverseScheduler,
-    ],
+    "cls", [cls for name, cls in sorted(jaxsched.SCHEDULERS.items()) if "Multistep" in name]
 )
 def test_leading_spacing_with_a_zero_stride_is_rejected(cls):
     """DPM-Solver's leading stride is T // (N + 1): 0 at N = T, where diffusers runs N steps at
@@ -600,3 +594,11 @@ def test_dpmsolver_pp_inversion_from_sigma_zero_is_rejected_and_noise_form_runs(
     )
     out = jaxsched.sample(noise_form, noise_form.init(10, SHAPE), lambda x, t: eps, x)
     assert bool(jnp.isfinite(out).all())
+
+
+def test_a_model_output_that_is_not_an_array_is_a_clear_error():
+    sched = jaxsched.DPMSolverMultistepScheduler()
+    x, _ = _inputs()
+    jaxsched.sample(sched, sched.init(3, SHAPE), lambda x, t: 0.5 * x, x)
+    with pytest.raises(TypeError, match="model_output must be an array, got a tuple"):
+        jaxsched.sample(sched, sched.init(3, SHAPE), lambda x, t: (0.5 * x,), x)

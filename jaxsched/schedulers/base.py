@@ -223,8 +223,10 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
             f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
             "step a batch of states with jax.vmap"
         )
-    check_floating_dtype("the sample", jnp.result_type(x))
-    check_floating_dtype("model_output", jnp.result_type(model_output))
+    for name, value in (("the sample", x), ("model_output", model_output)):
+        if isinstance(value, (tuple, list, dict)):
+            raise OptionTypeError(f"{name} must be an array, got a {type(value).__name__}")
+        check_floating_dtype(name, jnp.result_type(value))
     if jnp.shape(model_output) != jnp.shape(x):
         raise ValueError(
             f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
