@@ -9,10 +9,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental import checkify
 
-from jaxsched._checks import concrete_value
-from jaxsched.schedulers.base import Scheduler
+from jaxsched.schedulers.base import Scheduler, check_not_finished
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.state import SchedulerState
 
@@ -28,18 +26,8 @@ def _remaining_steps(state: SchedulerState) -> int | None:
             f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
             "sample a batch of states with jax.vmap"
         )
-    index = concrete_value(state.step_index)
-    n = state.num_inference_steps
-    if index is None:
-        checkify.debug_check(
-            state.step_index < n,
-            f"the state has already taken all {n} steps (step_index {{}})",
-            state.step_index,
-        )
-        return None
-    if index >= n:
-        raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
-    return n - int(index)
+    index = check_not_finished(state)
+    return None if index is None else state.num_inference_steps - int(index)
 
 
 def _keep_finished(done: jax.Array, old, new):

@@ -210,6 +210,22 @@ def check_init_dtype(dtype) -> jnp.dtype:
     return dtype
 
 
+def check_not_finished(state: SchedulerState) -> np.ndarray | None:
+    """Check the run has steps left: raise when ``step_index`` is concrete, a debug check when it
+    is traced. Returns the concrete index, ``None`` when traced."""
+    n = state.num_inference_steps
+    index = concrete_value(state.step_index)
+    if index is None:
+        checkify.debug_check(
+            state.step_index < n,
+            f"the state has already taken all {n} steps (step_index {{}})",
+            state.step_index,
+        )
+    elif index >= n:
+        raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
+    return index
+
+
 def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
     """Shape and dtype checks always; position checks where values are concrete, and the same
     checks plus finite inputs as :func:`jaxsched.checked` debug checks where they are traced.
@@ -227,6 +243,12 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
         if isinstance(value, (tuple, list, dict)):
             raise OptionTypeError(f"{name} must be an array, got a {type(value).__name__}")
         check_floating_dtype(name, jnp.result_type(value))
+        if isinstance(value, jax.core.Tracer):
+            checkify.debug_check(
+                jnp.all(jnp.isfinite(value)),
+                f"{name} has non-finite values at step {{}}",
+                state.step_index,
+            )
     if jnp.shape(model_output) != jnp.shape(x):
         raise ValueError(
             f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
@@ -237,23 +259,9 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
             f"the sample has shape {jnp.shape(x)} but the state was initialised for shape "
             f"{state.pred_original_sample.shape}"
         )
-    for name, values in (("model_output", model_output), ("the sample", x)):
-        if isinstance(values, jax.core.Tracer):
-            checkify.debug_check(
-                jnp.all(jnp.isfinite(values)),
-                f"{name} has non-finite values at step {{}}",
-                state.step_index,
-            )
     n = state.num_inference_steps
-    index, given, timesteps = (concrete_value(v) for v in (state.step_index, t, state.timesteps))
-    if index is None:
-        checkify.debug_check(
-            state.step_index < n,
-            f"the state has already taken all {n} steps (step_index {{}})",
-            state.step_index,
-        )
-    elif index >= n:
-        raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
+    index = check_not_finished(state)
+    given, timesteps = concrete_value(t), concrete_value(state.timesteps)
     if index is None or given is None or timesteps is None:
         current = state.timesteps[jnp.minimum(state.step_index, n - 1)]
         checkify.debug_check(
