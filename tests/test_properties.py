@@ -177,8 +177,14 @@ def test_same_key_same_sample_and_another_key_another(sched, num_steps, seed):
 @given(sched=schedulers(FORWARD, deterministic=True))
 def test_inversion_round_trip_shrinks_with_more_steps(sched):
     """Measured beforehand over 117 combinations of beta schedule, spacing, order, algorithm and
-    sigma spacing (on 8 points of this mixture): 60 steps at least halve the 10-step error.
-    (Not 5 -> 20: third-order noise-form DPM-Solver on the cosine schedule is worse at 20 steps
-    than at 5, as in diffusers.)"""
+    karras / exponential / lu spacing (on 8 points of this mixture): 60 steps at least halve
+    the 10-step error. (Not 5 -> 20: third-order noise-form DPM-Solver on the cosine schedule
+    is worse at 20 steps than at 5, as in diffusers.)
+
+    Beta sigmas on the cosine schedule only shrink slowly (0.611 / 0.594 / 0.584 / 0.565 at
+    10 / 20 / 60 / 200 steps): they are linear in sigma up to sigma_max = 2e4, so the first
+    inverse step leaves the data for sigma / sqrt(1 + sigma^2) = 0.9997 even at 60 steps.
+    """
     coarse, fine = round_trip_error(sched, 10), round_trip_error(sched, 60)
-    assert fine < coarse / 2, (coarse, fine)
+    slow = getattr(sched, "use_beta_sigmas", False) and sched.beta_schedule == "squaredcos_cap_v2"
+    assert fine < (coarse if slow else coarse / 2), (coarse, fine)
