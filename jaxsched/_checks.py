@@ -7,6 +7,7 @@ Checks of concrete values raise at once. Checks of traced values are
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,42 @@ def check_float(
         raise ValueError(f"{name} must lie in {interval}, got {value}")
 
 
+def real_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a float64 NumPy array; a ``TypeError`` naming ``name`` unless it holds real
+    numbers (strings, objects and nested ragged lists are refused, not parsed)."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise OptionTypeError(f"{name} must be numbers, got {value!r:.80}") from err
+    if array.dtype.kind not in "iuf":
+        raise OptionTypeError(f"{name} must be real numbers, got {value!r:.80}")
+    return array.astype(np.float64)
+
+
+def check_callable(name: str, fn: Any, signature: str, *args: Any) -> None:
+    """``fn`` is callable and accepts ``args`` positionally (its signature, where Python can
+    tell); raises ``TypeError`` naming ``name`` and the expected ``signature``."""
+    if not callable(fn):
+        raise OptionTypeError(f"{name} must be a callable {signature}, got {fn!r:.60}")
+    try:
+        inspect.signature(fn).bind(*args)
+    except ValueError:  # no signature to read (a builtin): the call itself will tell
+        return
+    except TypeError as err:
+        raise OptionTypeError(f"{name} must accept {signature}: {err}") from err
+
+
+def check_scheduler(name: str, scheduler: Any) -> None:
+    """``scheduler`` is a jaxsched scheduler instance; raises ``TypeError`` naming ``name``."""
+    from jaxsched.schedulers.base import Scheduler
+
+    if not isinstance(scheduler, Scheduler):
+        raise OptionTypeError(
+            f"{name} must be a jaxsched scheduler such as jaxsched.DDIMScheduler(), got "
+            f"{scheduler!r:.60}"
+        )
+
+
 def concrete_value(x: Any) -> np.ndarray | None:
     """The value of ``x`` as NumPy when it is known now, ``None`` when it is traced."""
     if isinstance(x, jax.core.Tracer):
@@ -75,22 +112,23 @@ def plain_python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def check_nonnegative_scalar(name: str, value: Any) -> np.ndarray | None:
-    """Check a step parameter is a real 0-d value, finite and >= 0 when concrete.
+def check_scalar_in(name: str, value: Any, low: float, high: float) -> np.ndarray | None:
+    """Check a step parameter is a real 0-d value in ``[low, high]``: raises when concrete, a
+    :func:`jaxsched.checked` debug check when traced.
 
     Returns its value when concrete, ``None`` when traced.
     """
-    if value is None or jnp.ndim(value) != 0:
-        raise OptionTypeError(f"{name} must be a real scalar, got {value!r}")
-    if not jnp.issubdtype(jnp.result_type(value), jnp.integer) and not jnp.issubdtype(
-        jnp.result_type(value), jnp.floating
-    ):
-        raise OptionTypeError(f"{name} must be a real scalar, got {value!r}")
+    dtype = None if value is None or isinstance(value, str) else jnp.result_type(value)
+    real = dtype is not None and (
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    )
+    if not real or jnp.ndim(value) != 0:
+        raise OptionTypeError(f"{name} must be a real scalar in [{low}, {high}], got {value!r}")
     known = concrete_value(value)
     if known is None:
         checkify.debug_check(
-            jnp.isfinite(value) & (value >= 0), f"{name} must be finite and >= 0, got {{}}", value
+            (value >= low) & (value <= high), f"{name} must lie in [{low}, {high}], got {{}}", value
         )
-    elif not (np.isfinite(known) and known >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {known}")
+    elif not low <= known <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {known}")
     return known

@@ -112,6 +112,28 @@ def _train(args: argparse.Namespace) -> Path:
     return path
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def weights_file(text: str) -> Path:
+    """An argparse type: a file holding the demo denoiser's weights (loaded once to check)."""
+    from jaxsched.demo.denoiser import load_params
+
+    try:
+        load_params(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return Path(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="jaxsched", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,14 +141,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--out", default="jaxsched-demo", help="output folder")
     weights = demo.add_mutually_exclusive_group()
     weights.add_argument("--train", action="store_true", help="retrain the denoiser first")
-    weights.add_argument("--weights", help="denoiser weights to use (default: the shipped ones)")
-    demo.add_argument("--train-steps", type=int, default=20_000)
+    weights.add_argument(
+        "--weights", type=weights_file, help="denoiser weights to use (default: the shipped ones)"
+    )
+    demo.add_argument("--train-steps", type=positive_int, default=20_000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     example = commands.add_parser("example", help="DDIM sample + invert on an analytic model")
-    example.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250])
-    example.add_argument("--num-samples", type=int, default=512)
-    example.add_argument("--dim", type=int, default=16)
+    example.add_argument("--steps", type=positive_int, nargs="+", default=[10, 25, 50, 100, 250])
+    example.add_argument("--num-samples", type=positive_int, default=512)
+    example.add_argument("--dim", type=positive_int, default=16)
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(run=_example)
     args = parser.parse_args(argv)

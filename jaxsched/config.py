@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxsched._checks import OptionTypeError
 from jaxsched.schedulers import SCHEDULERS
 from jaxsched.schedulers.base import CONFIG_NAME, Scheduler
 
@@ -21,7 +22,11 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
     """A config dict from a mapping, a JSON file, or a directory holding
     ``scheduler_config.json``."""
     if isinstance(source, Mapping):
-        return dict(source)
+        config = dict(source)
+        keys = [k for k in config if not isinstance(k, str)]
+        if keys:
+            raise OptionTypeError(f"config keys must be option names (str), got {keys[:4]}")
+        return config
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"a scheduler config is a mapping, a JSON file or a directory, got {source!r}"
@@ -33,7 +38,7 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
         raise FileNotFoundError(f"no scheduler config at {path}")
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path} does not hold a JSON object")
@@ -44,6 +49,12 @@ def _scheduler_class(cls: str | type[Scheduler] | None, config: Mapping[str, Any
     if isinstance(cls, type) and issubclass(cls, Scheduler):
         return cls
     name = cls if cls is not None else config.get("_class_name")
+    if name is not None and not isinstance(name, str):
+        source = "cls" if cls is not None else "_class_name"
+        raise OptionTypeError(
+            f"{source} must be a scheduler class or its name, got {name!r:.60}; available: "
+            f"{sorted(SCHEDULERS)}"
+        )
     if name is None:
         raise ValueError("the config has no _class_name; pass cls= to name the scheduler")
     if name not in SCHEDULERS:

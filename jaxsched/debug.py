@@ -16,6 +16,8 @@ from typing import ParamSpec, TypeVar
 
 from jax.experimental import checkify
 
+from jaxsched._checks import OptionTypeError
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -34,6 +36,8 @@ def checked(fn: Callable[P, R], *, errors: frozenset = checkify.user_checks) -> 
         run = jaxsched.checked(jax.jit(lambda s, x: jaxsched.sample(sched, s, model_fn, x)))
         x0 = run(state, x_T)  # raises if, say, the model returns NaN at some step
     """
+    if not callable(fn):
+        raise OptionTypeError(f"fn must be a callable (e.g. a jitted function), got {fn!r:.60}")
     checkified = checkify.checkify(fn, errors=errors)
 
     @functools.wraps(fn)

@@ -8,6 +8,7 @@ array module (see below).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jaxsched._checks import OptionTypeError, concrete_value
 from jaxsched.schedules import log_sigmas
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -145,32 +147,55 @@ def sigma_to_t(sigma, log_sigmas, xp):
     return (1.0 - w) * low + w * (low + 1)
 
 
-def check_sigma_grid(sigmas, *, ascending: bool, zero_first: bool, zero_last: bool) -> None:
-    """Check a custom ``(N + 1,)`` sigma grid: 1-D with at least two points, finite, monotone
-    in the run's direction (equal neighbours are zero-length steps), and positive except where
-    ``zero_first`` / ``zero_last`` allow a zero end (``alphas_cumprod = 1``). Values are checked
-    when concrete; a traced grid is checked under :func:`jaxsched.checked`."""
-    if jnp.ndim(sigmas) != 1 or jnp.shape(sigmas)[0] < 2:
-        raise ValueError(
-            f"sigmas must be a 1-D grid of N + 1 >= 2 values, got shape {jnp.shape(sigmas)}"
-        )
-    if not jnp.issubdtype(jnp.result_type(sigmas), jnp.floating):
-        raise TypeError(f"sigmas must be floating point, got {jnp.result_type(sigmas)}")
+def check_sigma_grid(
+    sigmas, *, ascending: bool, zero_first: bool, zero_last: bool, sigma_max=None
+) -> None:
+    """Check a custom ``(N + 1,)`` sigma grid: 1-D floating point with at least two points,
+    finite, monotone in the run's direction (equal neighbours are zero-length steps), positive
+    except where ``zero_first`` / ``zero_last`` allow a zero end (``alphas_cumprod = 1``), and
+    at most ``sigma_max`` (the largest training sigma, where given: the model knows no noisier
+    level). Values are checked when concrete; a traced grid is checked under
+    :func:`jaxsched.checked`."""
     traced = isinstance(sigmas, jax.core.Tracer)
+    if not traced:
+        try:
+            sigmas = np.asarray(sigmas)
+        except (TypeError, ValueError) as err:
+            raise OptionTypeError(f"sigmas must be a 1-D floating-point array: {err}") from err
+    if not jnp.issubdtype(sigmas.dtype, jnp.floating):
+        raise OptionTypeError(f"sigmas must be floating point, got dtype {sigmas.dtype}")
+    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D grid of N + 1 >= 2 values, got shape {sigmas.shape}"
+        )
     xp = jnp if traced else np
-    values = sigmas if traced else np.asarray(sigmas, np.float64)
+    values = sigmas if traced else sigmas.astype(np.float64)
     steps = xp.diff(values) if ascending else -xp.diff(values)
     positive = values[int(zero_first) : values.shape[0] - int(zero_last)]
     finite = xp.all(xp.isfinite(values)) & xp.all(values >= 0) & xp.all(positive > 0)
     order = "ascending (data to noise)" if ascending else "descending (noise to data)"
+    limit = None if sigma_max is None else sigma_max * (1 + SIGMA_MAX_TOLERANCE)
     if traced:
         checkify.debug_check(finite, "sigmas must be finite and positive, got {}", values)
         checkify.debug_check(xp.all(steps >= 0), f"sigmas must be {order}, got {{}}", values)
+        if limit is not None:
+            checkify.debug_check(
+                xp.all(values <= limit),
+                "sigmas must lie within the training range (at most sigma_max = {}), got {}",
+                sigma_max,
+                values,
+            )
         return
     if not finite:
         raise ValueError(f"sigmas must be finite and positive, got {values.tolist()[:8]}...")
     if np.any(steps < 0):
         raise ValueError(f"sigmas must be {order}, got {values.tolist()[:8]}...")
+    known_limit = None if limit is None else concrete_value(limit)
+    if known_limit is not None and np.any(values > known_limit):
+        raise ValueError(
+            f"sigmas must lie within the training range (at most sigma_max = "
+            f"{float(sigma_max):.6g}, the noisiest training level), got {values.max():.6g}"
+        )
 
 
 def continuous_timesteps(sigmas, alphas_cumprod: jax.Array) -> jax.Array:
@@ -205,6 +230,68 @@ def beta_sigmas(sigma_min, sigma_max, n: int, xp):
         1 - np.linspace(0, 1, n), BETA_SIGMAS_SHAPE, BETA_SIGMAS_SHAPE
     )
     return sigma_min + xp.asarray(quantiles) * (sigma_max - sigma_min)
+
+
+# Relative slack of the sigma_max check (a grid computed in float64 against float32 tables).
+SIGMA_MAX_TOLERANCE = 1e-4
+# |mu| beyond which the dynamic flow shift exp(mu) leaves float64 (or rounds every sigma to 0/1).
+MU_LIMIT = 700.0
+
+
+def flow_shift_of_mu(mu):
+    """The dynamic flow shift ``exp(mu)`` (Esser et al. 2024, sec. 5.3.2), in float64 like
+    diffusers' ``np.exp(mu)`` when ``mu`` is concrete. ``mu`` must be a finite real scalar with
+    ``|mu| <= 700`` (``exp`` stays a positive float64): raises when concrete, a debug check
+    when traced."""
+    if isinstance(mu, (str, bytes)) or np.ndim(mu) != 0:
+        raise OptionTypeError(f"mu must be a real scalar, got {mu!r}")
+    if isinstance(mu, jax.core.Tracer):
+        checkify.debug_check(
+            jnp.abs(mu) <= MU_LIMIT, f"mu must be finite with |mu| <= {MU_LIMIT}, got {{}}", mu
+        )
+        return jnp.exp(mu)
+    try:
+        value = float(np.asarray(mu))
+    except (TypeError, ValueError) as err:
+        raise OptionTypeError(f"mu must be a real scalar, got {mu!r}") from err
+    if not abs(value) <= MU_LIMIT:
+        raise ValueError(
+            f"mu must be finite with |mu| <= {MU_LIMIT} (the flow shift is exp(mu); the Flux and "
+            f"SD3 pipelines use about 0.5 to 1.2), got {value}"
+        )
+    return math.exp(value)
+
+
+def check_custom_timesteps(timesteps, num_train_timesteps: int) -> np.ndarray:
+    """Custom timesteps as a ``(N,)`` int64 array: 1-D, non-empty, integer-valued, descending
+    (equal neighbours are zero-length steps) and in ``0..T-1``; raises naming ``timesteps``."""
+    if isinstance(timesteps, jax.core.Tracer):
+        raise OptionTypeError(
+            "timesteps must be concrete (they fix the grid's shape and tables); build the state "
+            "outside jit, or pass a traced grid as sigmas="
+        )
+    try:
+        values = np.asarray(timesteps)
+    except (TypeError, ValueError) as err:
+        raise OptionTypeError(f"timesteps must be a 1-D array of integers: {err}") from err
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise OptionTypeError(f"timesteps must be integers, got dtype {values.dtype}")
+    if values.ndim == 0:
+        raise OptionTypeError(f"timesteps must be a 1-D sequence of integers, got {values!r}")
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence, got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise ValueError(f"timesteps must be integers (whole numbers), got {values.tolist()[:8]}")
+    if np.any(values < 0) or np.any(values >= num_train_timesteps):
+        raise ValueError(
+            f"timesteps must lie in 0..{num_train_timesteps - 1}, got {values.tolist()[:8]}"
+        )
+    if np.any(np.diff(values) > 0):
+        raise ValueError(
+            "timesteps must be descending (noise to data; invert with the inverse scheduler), "
+            f"got {values.tolist()[:8]}"
+        )
+    return values.astype(np.int64)
 
 
 def flow_sigmas(n: int, num_train_timesteps: int, shift, xp):

@@ -8,6 +8,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxsched._checks import OptionTypeError, check_callable, concrete_value
 
 ConditionalModel = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
@@ -21,12 +24,30 @@ def with_conditioning(
     the shape most denoisers take.
     """
 
+    check_callable("model", model, "(x, t, conditioning) -> model output", None, None, None)
+
     def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
         if batch_timesteps:
             t = jnp.broadcast_to(t, jnp.shape(x)[:1])
         return model(x, t, conditioning)
 
     return model_fn
+
+
+def check_guidance_scalar(name: str, value: Any, interval: tuple[float, float] | None = None):
+    """A real scalar (traced allowed); when concrete, finite and inside ``interval``."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise OptionTypeError(f"{name} must be a real number, got {value!r}")
+    dtype = jnp.result_type(value)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise OptionTypeError(f"{name} must be a real number, got dtype {dtype}")
+    known = concrete_value(value)
+    if known is None:
+        return
+    if not np.all(np.isfinite(known)):
+        raise ValueError(f"{name} must be finite, got {known}")
+    if interval is not None and not np.all((known >= interval[0]) & (known <= interval[1])):
+        raise ValueError(f"{name} must lie in [{interval[0]:g}, {interval[1]:g}], got {known}")
 
 
 def _item_std(x: jax.Array) -> jax.Array:
@@ -67,14 +88,29 @@ def classifier_free_guidance(
     applies :func:`rescale_guided` as diffusers does.
     """
 
+    check_callable("model", model, "(x, t, conditioning) -> model output", None, None, None)
+    check_guidance_scalar("guidance_scale", guidance_scale)
+    check_guidance_scalar("guidance_rescale", guidance_rescale, (0.0, 1.0))
+    if jax.tree.structure(conditioning) != jax.tree.structure(unconditioning):
+        raise ValueError(
+            "conditioning and unconditioning must have the same structure (they are "
+            f"concatenated leaf by leaf), got {jax.tree.structure(conditioning)} and "
+            f"{jax.tree.structure(unconditioning)}"
+        )
+
     def model_fn(x: jax.Array, t: jax.Array) -> jax.Array:
         both = jax.tree.map(
             lambda u, c: jnp.concatenate([u, c], axis=0), unconditioning, conditioning
         )
         t_both = jnp.broadcast_to(t, (2 * jnp.shape(x)[0],)) if batch_timesteps else t
-        unconditional, conditional = jnp.split(
-            model(jnp.concatenate([x, x], axis=0), t_both, both), 2, axis=0
-        )
+        doubled = jnp.concatenate([x, x], axis=0)
+        output = model(doubled, t_both, both)
+        if jnp.shape(output) != jnp.shape(doubled):
+            raise ValueError(
+                f"model must return one output per item of the doubled batch (2 * batch), shaped "
+                f"{jnp.shape(doubled)}; got {jnp.shape(output)}"
+            )
+        unconditional, conditional = jnp.split(output, 2, axis=0)
         guided = unconditional + guidance_scale * (conditional - unconditional)
         return rescale_guided(guided, conditional, guidance_rescale)
 

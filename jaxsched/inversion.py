@@ -23,11 +23,21 @@ Accelerated Iterative Diffusion Inversion".
 
 from __future__ import annotations
 
+import warnings
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsched._checks import check_choice
+from jaxsched._checks import (
+    check_callable,
+    concrete_value,
+    check_choice,
+    check_float,
+    check_int,
+    check_scheduler,
+)
 from jaxsched.loops import ModelFn
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedules import NoiseSchedule
@@ -66,39 +76,82 @@ def _anderson_mixing(x, g, x_prev, g_prev, relaxation):
     return x + relaxation * g - gamma * (dx + relaxation * dg)
 
 
+class InversionInfo(NamedTuple):
+    """What :func:`exact_invert` did at each step, in regeneration order.
+
+    Attributes:
+        residuals: ``(N,)`` RMS of ``F(x) - y`` at the last iterate (0 for an exact inverse).
+        fallbacks: ``(N,)`` int32, how many elements the step could not invert exactly because
+            ``clip_sample`` or dynamic thresholding held their ``x0`` fixed (the forward step
+            then does not depend on them at a fixed model output, and the ``y`` they must reach
+            may be out of its reach). Those elements hold the inverse of the step without the
+            limit, the nearest solution; their share of ``residuals`` is what is left.
+    """
+
+    residuals: jax.Array
+    fallbacks: jax.Array
+
+
+def without_limits(scheduler: Scheduler) -> Scheduler | None:
+    """``scheduler`` with ``clip_sample`` and ``thresholding`` off, ``None`` when neither is on."""
+    limits = {
+        name: False
+        for name in ("clip_sample", "thresholding")
+        if getattr(scheduler, name, False) and name in scheduler.config
+    }
+    return scheduler.replace(**limits) if limits else None
+
+
 def _invert_step(
     scheduler: Scheduler,
+    unlimited: tuple[Scheduler, SchedulerState] | None,
     model_fn: ModelFn,
     state: SchedulerState,
     y: jax.Array,
     iterations: int,
     relaxation: float,
     acceleration: str | None,
-) -> tuple[jax.Array, jax.Array]:
-    """``(x, residual)``: the ``x`` whose forward step at ``state`` gives ``y``, and the RMS of
-    ``F(x) - y`` at the last iterate."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(x, residual, fallbacks)``: the ``x`` whose forward step at ``state`` gives ``y``, the
+    RMS of ``F(x) - y`` at the last iterate, and the count of elements solved without the limit.
+
+    Where the limiter makes ``dF/dx = 0`` for an element (its ``x0`` is clipped), the update
+    uses the step without the limit, ``unlimited``, for that element instead of dividing by 0.
+    """
     t = state.timesteps[state.step_index]
 
-    def forward(x, model_output):
-        return scheduler.step(state, model_output, t, x)[1]
+    def forward(sched, st, x, model_output):
+        return sched.step(st, model_output, t, x)[1]
+
+    def value_and_slope(sched, st, x, model_output):
+        # slope: dF/dx at a fixed model output, elementwise (the step is elementwise in x)
+        return jax.jvp(lambda x: forward(sched, st, x, model_output), (x,), (jnp.ones_like(x),))
 
     def iterate(carry, index):
         x, x_prev, g_prev = carry
         model_output = model_fn(x, t)
-        fx, slope = jax.jvp(
-            lambda x: forward(x, model_output), (x,), (jnp.ones_like(x),)
-        )  # slope: dF/dx at a fixed model output, elementwise
+        fx, slope = value_and_slope(scheduler, state, x, model_output)
         residual = y - fx
-        g = residual / slope
+        held = jnp.zeros(jnp.shape(x), bool)
+        if unlimited is None:
+            g = residual / slope
+        else:
+            plain, plain_state = unlimited
+            plain_state = plain_state._replace(step_index=state.step_index)
+            fu, slope_u = value_and_slope(plain, plain_state, x, model_output)
+            held = slope == 0
+            g = jnp.where(held, (y - fu) / slope_u, residual / jnp.where(held, 1.0, slope))
         x_next = x + relaxation * g
         if acceleration == "anderson":
             x_next = jnp.where(
                 index > 0, _anderson_mixing(x, g, x_prev, g_prev, relaxation), x_next
             )
-        return (x_next, x, g), jnp.sqrt(jnp.mean(residual**2))
+        rms = jnp.sqrt(jnp.mean(residual**2))
+        return (x_next, x, g), (rms, jnp.sum(held, dtype=jnp.int32))
 
-    (x, _, _), residuals = lax.scan(iterate, (y, y, jnp.zeros_like(y)), jnp.arange(iterations))
-    return x, residuals[-1]
+    carry = (y, y, jnp.zeros_like(y))
+    (x, _, _), (residuals, held) = lax.scan(iterate, carry, jnp.arange(iterations))
+    return x, residuals[-1], held[-1]
 
 
 def exact_invert(
@@ -112,7 +165,8 @@ def exact_invert(
     acceleration: str | None = None,
     schedule: NoiseSchedule | None = None,
     return_residuals: bool = False,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+    return_info: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array] | tuple[jax.Array, InversionInfo]:
     """The latent ``x_T`` from which ``scheduler`` regenerates ``x0``, solved step by step.
 
     Runs the forward grid of ``scheduler.init(num_inference_steps, ...)`` backwards in one
@@ -135,19 +189,36 @@ def exact_invert(
         schedule: replaces the config's betas, as in ``init``.
         return_residuals: also return each step's RMS residual ``F(x) - y`` at the last
             iterate, ``(N,)`` in regeneration order: how exact the inversion is.
+        return_info: also return an :class:`InversionInfo` (residuals, and per step the number
+            of elements that ``clip_sample`` / thresholding made impossible to invert exactly).
+
+    With ``clip_sample`` or dynamic thresholding, an element whose ``x0`` prediction is
+    clipped does not move the forward step at a fixed model output, so its equation may have no
+    solution; it is then solved for the step without the limit (the nearest solution) and
+    counted in ``InversionInfo.fallbacks``. Outside ``jit`` a warning says how many there were.
 
     Returns:
-        ``x_T``, or ``(x_T, residuals)``.
+        ``x_T``, ``(x_T, residuals)`` or ``(x_T, InversionInfo)``.
     """
+    check_scheduler("scheduler", scheduler)
     check_one_step_forward(scheduler)
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    check_callable("model_fn", model_fn, "(x, t) -> model output", x0, None)
+    check_int("iterations", iterations, minimum=1)
+    check_float("relaxation", relaxation, low=0.0, high=2.0, low_open=True, high_open=True)
     check_choice("acceleration", acceleration, ACCELERATIONS)
-    state = scheduler.init(num_inference_steps, jnp.shape(x0), jnp.result_type(x0), schedule)
+    if return_residuals and return_info:
+        raise ValueError("pass return_residuals or return_info, not both")
+    shape, dtype = jnp.shape(x0), jnp.result_type(x0)
+    state = scheduler.init(num_inference_steps, shape, dtype, schedule)
+    plain = without_limits(scheduler)
+    unlimited = (
+        None if plain is None else (plain, plain.init(num_inference_steps, shape, dtype, schedule))
+    )
 
     def body(y, index):
-        x, residual = _invert_step(
+        x, residual, held = _invert_step(
             scheduler,
+            unlimited,
             model_fn,
             state._replace(step_index=index),
             y,
@@ -155,8 +226,25 @@ def exact_invert(
             relaxation,
             acceleration,
         )
-        return x, residual
+        return x, (residual, held)
 
     indices = jnp.arange(num_inference_steps - 1, -1, -1, dtype=jnp.int32)
-    x_T, residuals = lax.scan(body, jnp.asarray(x0), indices)
-    return (x_T, residuals[::-1]) if return_residuals else x_T
+    x_T, (residuals, held) = lax.scan(body, jnp.asarray(x0), indices)
+    info = InversionInfo(residuals=residuals[::-1], fallbacks=held[::-1])
+    _warn_about_fallbacks(info.fallbacks)
+    if return_info:
+        return x_T, info
+    return (x_T, info.residuals) if return_residuals else x_T
+
+
+def _warn_about_fallbacks(fallbacks: jax.Array) -> None:
+    """Say how many elements fell back to the unlimited inverse, when that is known now."""
+    known = concrete_value(fallbacks)
+    if known is not None and known.sum() > 0:
+        warnings.warn(
+            f"exact_invert: {int(known.sum())} element-steps could not be inverted exactly "
+            f"(clip_sample / thresholding held their x0 fixed, in {int((known > 0).sum())} of "
+            f"{len(known)} steps); they hold the inverse without the limit. See "
+            "return_info=True for the per-step counts and residuals",
+            stacklevel=3,
+        )

@@ -26,7 +26,14 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxsched._checks import concrete_value
+from jaxsched._checks import (
+    OptionTypeError,
+    check_callable,
+    check_int,
+    check_scheduler,
+    concrete_value,
+    real_array,
+)
 from jaxsched.grids import check_sigma_grid, karras_sigmas
 from jaxsched.loops import ModelFn, sample
 from jaxsched.schedulers.base import Scheduler
@@ -170,10 +177,18 @@ def learn_sigmas(
     Returns:
         A :class:`LearnedGrid`.
     """
+    check_scheduler("scheduler", scheduler)
     if getattr(scheduler, "algorithm_type", "").startswith("sde"):
         raise ValueError(f"a stochastic sampler ({scheduler.algorithm_type}) has no fixed target")
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    check_callable("model_fn", model_fn, "(x, t) -> model output", x_T, None)
+    check_int("num_inference_steps", num_inference_steps, minimum=1)
+    check_int("reference_steps", reference_steps, minimum=1)
+    check_int("iterations", iterations, minimum=1)
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise OptionTypeError(
+            f"optimizer must be an optax.GradientTransformation such as optax.adam(0.05), got "
+            f"{optimizer!r:.60}"
+        )
     ends = grid_ends(scheduler, schedule)
     if reference is None:
         reference = sample_on_grid(
@@ -223,13 +238,29 @@ def learn_sigmas(
         best_logits = jnp.where(last_loss < best_loss, last, best_logits)
         return sigmas_from_logits(best_logits, ends), losses, initial_loss
 
-    return LearnedGrid(*fit(starts))
+    result = LearnedGrid(*fit(starts))
+    check_losses_finite(result.losses)
+    return result
+
+
+def check_losses_finite(losses: jax.Array) -> None:
+    """Raise ``ValueError`` when the optimisation produced a non-finite loss (concrete losses):
+    from there on its logits are NaN and nothing more is learned, so the optimizer's settings
+    (a NaN or too large learning rate) are wrong."""
+    known = concrete_value(losses)
+    if known is not None and not np.all(np.isfinite(known)):
+        first = int(np.flatnonzero(~np.isfinite(known))[0])
+        raise ValueError(
+            f"the optimizer's updates made the loss non-finite at iteration {first} of "
+            f"{len(known)}: check its learning rate (too large, or NaN)"
+        )
 
 
 def save_sigmas(path: str | os.PathLike, sigmas: jax.Array, scheduler: Scheduler) -> Path:
     """Write a grid and the scheduler config it was learned for as JSON; returns the path."""
+    check_scheduler("scheduler", scheduler)
     path = Path(path)
-    values = np.asarray(sigmas, np.float64)
+    values = real_array("sigmas", sigmas)
     check_sigma_grid(values, ascending=False, zero_first=False, zero_last=True)
     record = {
         "format": GRID_FILE_FORMAT,
@@ -246,14 +277,19 @@ def load_sigmas(path: str | os.PathLike) -> tuple[jax.Array, dict]:
     passed to :func:`jaxsched.from_config`. Raises ``ValueError`` on any other file."""
     try:
         record = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a sigma grid file (invalid JSON: {err})") from err
     if not isinstance(record, dict) or record.get("format") != GRID_FILE_FORMAT:
         raise ValueError(f"{path} is not a sigma grid file (no format {GRID_FILE_FORMAT!r})")
     if not {"sigmas", "scheduler"} <= record.keys():
         raise ValueError(f"{path}: a sigma grid file needs 'sigmas' and 'scheduler' entries")
-    sigmas = np.asarray(record["sigmas"], np.float64)
-    check_sigma_grid(sigmas, ascending=False, zero_first=False, zero_last=True)
+    if not isinstance(record["scheduler"], dict):
+        raise ValueError(f"{path}: its 'scheduler' entry must be a scheduler config (an object)")
+    try:
+        sigmas = real_array("sigmas", record["sigmas"])
+        check_sigma_grid(sigmas, ascending=False, zero_first=False, zero_last=True)
+    except ValueError as err:  # OptionTypeError is a ValueError too
+        raise ValueError(f"{path}: its 'sigmas' entry is not a valid grid: {err}") from err
     if len(sigmas) - 1 != record.get("num_inference_steps"):
         raise ValueError(f"{path}: num_inference_steps does not match the number of sigmas")
     return jnp.asarray(sigmas, jnp.result_type(float)), record["scheduler"]

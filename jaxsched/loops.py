@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsched.schedulers.base import Scheduler, check_not_finished
+from jaxsched._checks import check_callable, check_int, check_scheduler
+from jaxsched.schedulers.base import Scheduler, check_not_finished, check_state
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.state import SchedulerState
 
@@ -36,11 +37,16 @@ def _keep_finished(done: jax.Array, old, new):
 
 
 def scan_plan(
-    state: SchedulerState, x: jax.Array, key: jax.Array | None, noise: jax.Array | None
+    scheduler: Scheduler,
+    state: SchedulerState,
+    x: jax.Array,
+    key: jax.Array | None,
+    noise: jax.Array | None,
 ) -> tuple[int, bool, dict[str, jax.Array]]:
-    """``(length, masked, per_step)`` of a run from ``state``: how many iterations the scan
-    takes, whether finished steps must be masked (a traced ``step_index``), and the per-step
-    ``key`` / ``noise`` inputs to scan over."""
+    """``(length, masked, per_step)`` of a run of ``scheduler`` from ``state``: how many
+    iterations the scan takes, whether finished steps must be masked (a traced
+    ``step_index``), and the per-step ``key`` / ``noise`` inputs to scan over."""
+    check_state(scheduler, state)
     remaining = _remaining_steps(state)
     length = state.num_inference_steps if remaining is None else remaining
     if key is not None and noise is not None:
@@ -159,7 +165,11 @@ def sample(
     Returns:
         The final sample, or ``(state, sample)`` with ``return_state``.
     """
-    length, masked, per_step = scan_plan(state, x, key, noise)
+    check_scheduler("scheduler", scheduler)
+    check_callable("model_fn", model_fn, "(x, t) -> model output", x, None)
+    if unroll is not None:
+        check_int("unroll", unroll, minimum=1)
+    length, masked, per_step = scan_plan(scheduler, state, x, key, noise)
 
     def body(carry, step_inputs):
         return scan_step(
@@ -185,6 +195,13 @@ def invert(
     ``scheduler`` is the forward scheduler whose sampling run the inversion should undo.
     ``kwargs`` go to :func:`sample`.
     """
+    check_scheduler("scheduler", scheduler)
+    if scheduler.walks_toward_noise:
+        raise ValueError(
+            "invert takes the forward scheduler whose run it undoes, got "
+            f"{type(scheduler).__name__}; pass {scheduler.inverse_class_name}, or sample with "
+            "this inverse scheduler"
+        )
     inverse = scheduler.inverse()
     state = inverse.init(num_inference_steps, jnp.shape(x0), jnp.result_type(x0), schedule)
     return sample(inverse, state, model_fn, x0, **kwargs)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
+from jaxsched._checks import check_scheduler
 from jaxsched.loops import sample, scan_plan, scan_step
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.state import SchedulerState
@@ -47,9 +48,10 @@ class LinenSampler(nn.Module):
     ) -> jax.Array:
         """The final sample. ``state`` defaults to ``scheduler.init(N, x.shape, x.dtype)``;
         ``key``, ``noise`` and ``step_kwargs`` (``eta``...) are :func:`jaxsched.sample`'s."""
+        check_scheduler("scheduler", self.scheduler)
         if state is None:
             state = self.scheduler.init(self.num_inference_steps, x.shape, x.dtype)
-        length, masked, per_step = scan_plan(state, x, key, noise)
+        length, masked, per_step = scan_plan(self.scheduler, state, x, key, noise)
 
         def body(module: LinenSampler, carry, step_inputs):
             new = scan_step(
@@ -79,6 +81,7 @@ class NNXSampler(nnx.Module):
     (``nnx.split`` / ``nnx.merge``), so ``nnx.jit`` and ``nnx.grad`` work on the sampler."""
 
     def __init__(self, denoiser: nnx.Module, scheduler: Scheduler, num_inference_steps: int):
+        check_scheduler("scheduler", scheduler)
         self.denoiser = denoiser
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps

@@ -15,7 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxsched._checks import check_choice, check_floating_dtype, concrete_value
+from jaxsched._checks import (
+    OptionTypeError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_floating_dtype,
+    check_int,
+    concrete_value,
+    real_array,
+)
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # Largest beta of the cosine schedule, as in Nichol & Dhariwal (2021), eq. 17.
@@ -175,8 +184,21 @@ def noise_schedule(
         formulas in JAX.
     """
     check_choice("beta_schedule", kind, BETA_SCHEDULES)
-    dtype = dtype or default_float_dtype()
+    check_int("num_train_timesteps", num_train_timesteps, minimum=1)
+    check_bool("rescale_betas_zero_snr", rescale_betas_zero_snr)
+    try:
+        dtype = jnp.dtype(dtype or default_float_dtype())
+    except TypeError as err:
+        raise OptionTypeError(f"dtype must be a floating-point dtype, got {dtype!r}") from err
     check_floating_dtype("noise_schedule dtype", dtype)
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if concrete_value(value) is not None:
+            known = real_array(name, value)
+            if known.ndim != 0:
+                raise OptionTypeError(f"{name} must be a real scalar, got shape {known.shape}")
+            check_float(name, float(known), low=0.0, high=1.0)
+    if trained_betas is not None and concrete_value(trained_betas) is not None:
+        trained_betas = real_array("trained_betas", trained_betas)
     if trained_betas is not None and np.shape(trained_betas) != (num_train_timesteps,):
         raise ValueError(
             f"trained_betas must have shape ({num_train_timesteps},) to match "
@@ -235,8 +257,13 @@ def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
     are differentiable in ``t``. Out-of-range timesteps raise when concrete and give NaN when
     traced (never a silent clamp).
     """
+    if not isinstance(schedule, NoiseSchedule):
+        raise OptionTypeError(
+            f"schedule must be a jaxsched.NoiseSchedule, got {type(schedule).__name__}"
+        )
     abar = schedule.alphas_cumprod
     num_train_timesteps = abar.shape[-1]
+    check_timesteps_type(timesteps)
     t = jnp.asarray(timesteps)
     known = concrete_value(timesteps)
     if known is None:
@@ -245,7 +272,7 @@ def alphas_cumprod_at(schedule: NoiseSchedule, timesteps) -> jax.Array:
             f"timesteps must lie in 0..{num_train_timesteps - 1}, got {{}}",
             t,
         )
-    elif known.min() < 0 or known.max() > num_train_timesteps - 1:
+    elif not np.all((known >= 0) & (known <= num_train_timesteps - 1)):
         raise ValueError(
             f"timesteps must lie in 0..{num_train_timesteps - 1}, got {known.ravel().tolist()}"
         )
@@ -262,6 +289,33 @@ def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array
     """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample."""
     abar = per_sample(alphas_cumprod_at(schedule, timesteps), ndim)
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+
+
+def check_timesteps_type(timesteps) -> None:
+    """``timesteps`` of ``add_noise`` / ``get_velocity`` are real numbers or arrays."""
+    if timesteps is None or isinstance(timesteps, (str, bytes)):
+        raise OptionTypeError(f"timesteps must be a number or an array, got {timesteps!r}")
+    dtype = jnp.result_type(timesteps)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise OptionTypeError(f"timesteps must be integers or floats, got dtype {dtype}")
+
+
+def check_noising_inputs(original_samples, noise, timesteps) -> None:
+    """Floating-point samples, noise of exactly their shape, and a scalar or one timestep per
+    leading-axis item ``(B,)``; raises naming the argument."""
+    check_floating_dtype("original_samples", jnp.result_type(original_samples))
+    if jnp.shape(noise) != jnp.shape(original_samples):
+        raise ValueError(
+            f"noise has shape {jnp.shape(noise)} but original_samples has shape "
+            f"{jnp.shape(original_samples)}; they must be equal"
+        )
+    size = int(np.prod(jnp.shape(timesteps)))
+    batch = jnp.shape(original_samples)[:1]
+    if size != 1 and (jnp.ndim(timesteps) != 1 or jnp.shape(timesteps) != batch):
+        raise ValueError(
+            f"timesteps must be a scalar or one per batch item, shape {batch}, got shape "
+            f"{jnp.shape(timesteps)}"
+        )
 
 
 def noised(original_samples, noise, alpha, sigma, table_dtype) -> jax.Array:
@@ -281,14 +335,16 @@ def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> ja
     :func:`alphas_cumprod_at`). Computed in at least float32 and returned in the samples'
     dtype.
     """
+    check_noising_inputs(original_samples, noise, timesteps)
     abar = alphas_cumprod_at(schedule, timesteps)
     return noised(original_samples, noise, jnp.sqrt(abar), jnp.sqrt(1.0 - abar), abar.dtype)
 
 
 def get_velocity(schedule: NoiseSchedule, sample, noise, timesteps) -> jax.Array:
     """Velocity target ``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022, sec. 4)."""
+    check_noising_inputs(sample, noise, timesteps)
     x0 = jnp.asarray(sample)
-    dtype = compute_dtype(x0.dtype, schedule.alphas_cumprod.dtype)
     sqrt_a, sqrt_b = _alphas_at(schedule, timesteps, x0.ndim)
+    dtype = compute_dtype(x0.dtype, schedule.alphas_cumprod.dtype)
     out = sqrt_a * jnp.asarray(noise).astype(dtype) - sqrt_b * x0.astype(dtype)
     return out.astype(x0.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,21 @@ class Thresholds(NamedTuple):
     sample_max_value: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """The scheduler that built a state: a static pytree node with no leaves, so it costs nothing
+    under ``jit`` and ``vmap`` (it is part of the tree structure, like a jit cache key), and a
+    ``step`` can refuse a state another scheduler built."""
+
+    scheduler: Any
+
+    def __repr__(self) -> str:
+        return f"Origin({type(self.scheduler).__name__})"
+
+
+jax.tree_util.register_static(Origin)
+
+
 class SchedulerState(NamedTuple):
     """Everything one sampling (or inversion) run needs; a pytree of arrays.
 
@@ -35,6 +51,7 @@ class SchedulerState(NamedTuple):
         thresholds: traced clipping / thresholding values.
         pred_original_sample: ``(*shape)`` the last x0 prediction (zeros before the first step).
         history: multistep memory (family-specific; ``()`` for one-step solvers).
+        origin: the :class:`Origin` (scheduler) whose ``init`` built the state; static.
     """
 
     timesteps: jax.Array
@@ -44,6 +61,7 @@ class SchedulerState(NamedTuple):
     thresholds: Thresholds
     pred_original_sample: jax.Array
     history: Any = ()
+    origin: Origin | None = None
 
     @property
     def num_inference_steps(self) -> int:

@@ -110,7 +110,7 @@ FAILURES = [
     (unordered_sigmas, "sigmas must be descending"),
     (negative_sigma, "sigmas must be finite and positive"),
     (betas_above_one, "betas must lie in [0, 1], got"),
-    (negative_eta, "eta must be finite and >= 0"),
+    (negative_eta, "eta must lie in [0.0, 1.0], got -0.5"),
     (dpmsolver_pp_inversion_from_sigma_zero, "the inverse grid starts at sigma = 0"),
 ]
 

@@ -362,9 +362,9 @@ def test_exact_third_order_integrates_quadratic_predictions(algorithm_type, exac
         ({"use_exponential_sigmas": True, "beta_start": 0.0}, {}, "smallest sigma > 0"),
         ({"use_lu_lambdas": True, "beta_start": 0.0}, {}, "smallest sigma > 0"),
         ({"timestep_spacing": "leading", "steps_offset": 600}, {}, "timesteps must be non-empty"),
-        ({}, {"timesteps": [1200, 10]}, "timesteps must be non-empty"),
-        ({}, {"timesteps": [-5]}, "timesteps must be non-empty"),
-        ({}, {"timesteps": []}, "timesteps must be non-empty"),
+        ({}, {"timesteps": [1200, 10]}, r"timesteps must lie in 0\.\.999"),
+        ({}, {"timesteps": [-5]}, r"timesteps must lie in 0\.\.999"),
+        ({}, {"timesteps": []}, "timesteps must be a non-empty 1-D sequence"),
         ({"use_flow_sigmas": True}, {"timesteps": [900, 500]}, "cannot be used with flow sigmas"),
     ],
 )

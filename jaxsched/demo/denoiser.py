@@ -60,9 +60,24 @@ def save_params(params, path: str | Path = WEIGHTS) -> Path:
 
 
 def load_params(path: str | Path = WEIGHTS):
-    """The parameters stored at ``path`` (default: the shipped weights)."""
+    """The parameters stored at ``path`` (default: the shipped weights).
+
+    Raises:
+        ValueError: naming ``path`` when it is missing, unreadable, not flax msgpack, or holds
+            the parameters of another model (other layers or sizes).
+    """
     template = init_params(jax.random.key(0))
-    return serialization.from_bytes(template, Path(path).read_bytes())
+    try:
+        params = serialization.from_bytes(template, Path(path).read_bytes())
+    except Exception as err:  # msgpack and flax raise many kinds; all mean "not these weights"
+        raise ValueError(
+            f"{path} does not hold this demo denoiser's weights ({type(err).__name__}: {err})"
+        ) from err
+    shapes = jax.tree.map(jnp.shape, params)
+    expected = jax.tree.map(jnp.shape, template)
+    if shapes != expected:
+        raise ValueError(f"{path} holds the weights of a denoiser with other layer sizes")
+    return params
 
 
 def model_fn(params, model: DigitDenoiser | None = None):

@@ -24,6 +24,7 @@ from jaxsched._checks import (
     check_int,
     concrete_value,
     plain_python,
+    real_array,
 )
 from jaxsched.schedules import (
     BETA_SCHEDULES,
@@ -32,7 +33,7 @@ from jaxsched.schedules import (
     default_float_dtype,
     noise_schedule,
 )
-from jaxsched.state import SchedulerState, Thresholds
+from jaxsched.state import Origin, SchedulerState, Thresholds
 
 CONFIG_NAME = "scheduler_config.json"
 
@@ -74,7 +75,7 @@ class Scheduler:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, plain_python(getattr(self, field.name)))
         if self.trained_betas is not None:
-            betas = np.asarray(self.trained_betas, np.float64)
+            betas = real_array("trained_betas", self.trained_betas)
             object.__setattr__(self, "trained_betas", tuple(betas.ravel().tolist()))
             if betas.ndim != 1:
                 raise ValueError(f"trained_betas must be 1-D, got shape {betas.shape}")
@@ -112,6 +113,8 @@ class Scheduler:
 
     def save_config(self, path: str | os.PathLike) -> Path:
         """Write ``to_config()`` as JSON; a directory gets ``scheduler_config.json`` inside."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise OptionTypeError(f"path must be a str or os.PathLike, got {path!r}")
         path = Path(path)
         if path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
@@ -178,12 +181,14 @@ class Scheduler:
                 f"has num_train_timesteps={self.num_train_timesteps}"
             )
         check_floating_dtype("schedule", schedule.alphas_cumprod.dtype)
+        check_schedule_values(schedule)
         dtype = compute_dtype(schedule.alphas_cumprod.dtype, default_float_dtype())
         return jax.tree.map(lambda table: jnp.asarray(table, dtype), schedule)
 
     def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
         """``x`` unchanged: these schedulers need no input scaling (kept for interchangeability
         with diffusers pipelines, which call it before the model)."""
+        check_state(self, state)
         return x
 
     def thresholds(self, dtype) -> Thresholds:
@@ -203,16 +208,102 @@ class Scheduler:
             )
 
 
+def check_schedule_values(schedule: NoiseSchedule) -> None:
+    """A given schedule's betas and ``alphas_cumprod`` lie in ``[0, 1]`` (so NaN fails too):
+    raises naming ``schedule`` when concrete, a debug check when traced."""
+    for name in ("betas", "alphas_cumprod"):
+        table = getattr(schedule, name)
+        known = concrete_value(table)
+        if known is None:
+            checkify.debug_check(
+                jnp.all((table >= 0) & (table <= 1)),
+                f"schedule.{name} must lie in [0, 1] (finite), got {{}}..{{}}",
+                jnp.min(table),
+                jnp.max(table),
+            )
+        elif not np.all((known >= 0) & (known <= 1)):
+            raise ValueError(
+                f"schedule.{name} must lie in [0, 1] (finite), got {np.nanmin(known)}.."
+                f"{np.nanmax(known)}{' and NaN' if np.isnan(known).any() else ''}"
+            )
+
+
+def check_init_shape(shape: Any) -> tuple[int, ...]:
+    """The sample shape of a run as a tuple of ints >= 0; raises naming ``shape`` otherwise."""
+    valid = isinstance(shape, (tuple, list)) and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
+    )
+    if not valid:
+        raise OptionTypeError(f"shape must be a tuple of ints, e.g. x.shape, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape must have sizes >= 0, got {tuple(shape)}")
+    return tuple(int(d) for d in shape)
+
+
+def _non_default_options(scheduler: Scheduler) -> str:
+    """``name=value`` of the options that differ from their defaults (the likely culprits)."""
+    changed = [
+        f"{f.name}={getattr(scheduler, f.name)!r}"
+        for f in dataclasses.fields(scheduler)
+        if f.name != "trained_betas" and getattr(scheduler, f.name) != f.default
+    ]
+    if scheduler.trained_betas is not None:
+        changed.append("trained_betas=[...]")
+    return ", ".join(changed) or "all defaults"
+
+
+def check_built_state(scheduler: Scheduler, state: SchedulerState, given: str = "") -> None:
+    """Check what ``init`` derived from valid-looking options: timesteps finite and in
+    ``0..T`` and every per-step table finite. Raises ``ValueError`` naming the options (and
+    ``given`` init arguments) when the tables are concrete; a debug check when traced.
+
+    Valid options can still derive garbage: a karras grid on a schedule that underflows, a flow
+    shift so large every sigma rounds to 1, a ``mu`` far outside the usual range.
+    """
+    limit = scheduler.num_train_timesteps
+    timesteps = state.timesteps
+    leaves = jax.tree.leaves(state.coefficients)
+    ts_known = concrete_value(timesteps)
+    known = [concrete_value(leaf) for leaf in leaves]
+    if ts_known is None or any(k is None for k in known):
+        good_ts = jnp.all(jnp.isfinite(timesteps) & (timesteps >= 0) & (timesteps <= limit))
+        good_tables = jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+        checkify.debug_check(good_ts, f"init derived timesteps outside 0..{limit}: {{}}", timesteps)
+        checkify.debug_check(good_tables, "init derived non-finite step tables")
+        return
+    culprits = f"options: {_non_default_options(scheduler)}{given}"
+    with np.errstate(invalid="ignore"):
+        bad_ts = ~np.isfinite(ts_known) | (ts_known < 0) | (ts_known > limit)
+    if bad_ts.any():
+        raise ValueError(
+            f"these options give timesteps outside 0..{limit} at step(s) "
+            f"{np.flatnonzero(bad_ts)[:8].tolist()} ({ts_known[bad_ts][:4].tolist()}); {culprits}"
+        )
+    bad_rows = np.zeros(len(ts_known), bool)
+    for value in known:
+        bad_rows |= ~np.isfinite(value).reshape(len(ts_known), -1).all(axis=1)
+    if bad_rows.any():
+        raise ValueError(
+            f"these options give a grid whose step tables are not finite at step(s) "
+            f"{np.flatnonzero(bad_rows)[:8].tolist()} of {len(ts_known)}; {culprits}"
+        )
+
+
 def check_init_dtype(dtype) -> jnp.dtype:
     """The sample dtype of a run: ``dtype``, or float32 (float64 with x64) when ``None``."""
-    dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    try:
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    except TypeError as err:
+        raise OptionTypeError(
+            f"dtype must be a floating-point dtype such as jnp.float32, got {dtype!r}"
+        ) from err
     check_floating_dtype("dtype", dtype)
     return dtype
 
 
 def check_not_finished(state: SchedulerState) -> np.ndarray | None:
-    """Check the run has steps left: raise when ``step_index`` is concrete, a debug check when it
-    is traced. Returns the concrete index, ``None`` when traced."""
+    """Check the run has steps left and ``step_index`` is not negative: raise when it is concrete,
+    a debug check when it is traced. Returns the concrete index, ``None`` when traced."""
     n = state.num_inference_steps
     index = concrete_value(state.step_index)
     if index is None:
@@ -221,34 +312,122 @@ def check_not_finished(state: SchedulerState) -> np.ndarray | None:
             f"the state has already taken all {n} steps (step_index {{}})",
             state.step_index,
         )
+        checkify.debug_check(
+            state.step_index >= 0, "step_index must be >= 0, got {}", state.step_index
+        )
     elif index >= n:
         raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
+    elif index < 0:
+        raise ValueError(f"step_index must be >= 0 (and below N = {n}), got {int(index)}")
     return index
 
 
-def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
+def check_state(scheduler: Scheduler, state: Any) -> None:
+    """Check ``state`` is a :class:`SchedulerState` built by ``scheduler``'s ``init`` (an equal
+    configuration): a state of another class or configuration has other tables and history.
+
+    Raises:
+        TypeError: ``state`` is not a ``SchedulerState``.
+        ValueError: it was built by another scheduler, or not by an ``init``.
+    """
+    name = type(scheduler).__name__
+    if not isinstance(state, SchedulerState):
+        raise OptionTypeError(
+            f"state must be the SchedulerState that {name}.init built, got {type(state).__name__}"
+        )
+    if not isinstance(state.origin, Origin):
+        raise ValueError(
+            f"this state was not built by a scheduler's init (its origin is {state.origin!r}); "
+            f"build it with {name}.init(...)"
+        )
+    builder = state.origin.scheduler
+    if builder is scheduler or builder == scheduler:
+        return
+    if type(builder) is not type(scheduler):
+        raise ValueError(
+            f"this state was built by {type(builder).__name__}.init; {name} needs a state from "
+            f"its own init (the tables and history differ)"
+        )
+    ours, theirs = scheduler.config, builder.config
+    differing = [k for k in ours if ours[k] != theirs.get(k)]
+    shown = ", ".join(f"{k}={theirs.get(k)!r} (this scheduler: {ours[k]!r})" for k in differing[:4])
+    raise ValueError(
+        f"this state was built by a {name} with other options: {shown}; build the state with "
+        "this scheduler's init"
+    )
+
+
+def check_thresholds(thresholds: Thresholds) -> None:
+    """Check the traced x0 limits a state carries (they may be swept through ``_replace``):
+    ``clip_sample_range > 0``, ``dynamic_thresholding_ratio`` in ``[0, 1]``,
+    ``sample_max_value > 0``; raises when concrete, a debug check when traced."""
+    if not isinstance(thresholds, Thresholds):
+        raise OptionTypeError(
+            f"state.thresholds must be a jaxsched.Thresholds, got {type(thresholds).__name__}"
+        )
+    rules = (
+        ("clip_sample_range", lambda v: v > 0, "be > 0"),
+        ("dynamic_thresholding_ratio", lambda v: (v >= 0) & (v <= 1), "lie in [0, 1]"),
+        ("sample_max_value", lambda v: v > 0, "be > 0"),
+    )
+    for name, holds, allowed in rules:
+        value = getattr(thresholds, name)
+        known = concrete_value(value)
+        if known is None:
+            checkify.debug_check(
+                holds(value), f"thresholds.{name} must be {allowed}, got {{}}", value
+            )
+        elif np.ndim(known) != 0 or not holds(known):
+            raise ValueError(f"thresholds.{name} must {allowed} (a scalar), got {known}")
+
+
+def check_finite_array(name: str, value: Any, step_index: jax.Array) -> None:
+    """``value`` is a floating-point array with finite values: a ``TypeError`` for a non-array
+    or another dtype, a ``ValueError`` for concrete NaN/inf, a debug check where traced."""
+    if value is None or isinstance(value, (str, bytes, tuple, list, dict)):
+        raise OptionTypeError(f"{name} must be an array, got a {type(value).__name__}")
+    check_floating_dtype(name, jnp.result_type(value))
+    known = concrete_value(value)
+    if known is None:
+        checkify.debug_check(
+            jnp.all(jnp.isfinite(value)), f"{name} has non-finite values at step {{}}", step_index
+        )
+    elif not np.all(np.isfinite(known)):
+        index = concrete_value(step_index)
+        where = "" if index is None or np.ndim(index) else f" at step {int(index)}"
+        raise ValueError(f"{name} has non-finite values (NaN or inf){where}")
+
+
+def check_timestep_type(t: Any) -> None:
+    """``t`` is a real number or array (the state's current timestep), not a string."""
+    if t is None or isinstance(t, (str, bytes)):
+        raise OptionTypeError(
+            f"t must be a number or array (state.timesteps[state.step_index]), got {t!r}"
+        )
+    dtype = jnp.result_type(t)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise OptionTypeError(f"t must be a real number (integer or float), got dtype {dtype}")
+
+
+def check_step_inputs(scheduler: Scheduler, state: SchedulerState, model_output, t, x) -> None:
     """Shape and dtype checks always; position checks where values are concrete, and the same
     checks plus finite inputs as :func:`jaxsched.checked` debug checks where they are traced.
 
     Raises:
-        ValueError: a batched state outside ``jax.vmap``, mismatched shapes, a finished run,
-            or a concrete ``t`` that is not the state's current timestep.
+        ValueError: a state another scheduler built (:func:`check_state`), a batched state
+            outside ``jax.vmap``, mismatched shapes, a finished run, or a concrete ``t`` that is
+            not the state's current timestep.
     """
+    check_state(scheduler, state)
     if jnp.ndim(state.step_index) != 0 or jnp.ndim(state.timesteps) != 1:
         raise ValueError(
             f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
             "step a batch of states with jax.vmap"
         )
+    check_thresholds(state.thresholds)
     for name, value in (("the sample", x), ("model_output", model_output)):
-        if isinstance(value, (tuple, list, dict)):
-            raise OptionTypeError(f"{name} must be an array, got a {type(value).__name__}")
-        check_floating_dtype(name, jnp.result_type(value))
-        if isinstance(value, jax.core.Tracer):
-            checkify.debug_check(
-                jnp.all(jnp.isfinite(value)),
-                f"{name} has non-finite values at step {{}}",
-                state.step_index,
-            )
+        check_finite_array(name, value, state.step_index)
+    check_timestep_type(t)
     if jnp.shape(model_output) != jnp.shape(x):
         raise ValueError(
             f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
@@ -279,10 +458,13 @@ def check_step_inputs(state: SchedulerState, model_output, t, x) -> None:
 
 
 def current_row(coefficients: Any, step_index: jax.Array) -> Any:
-    """Row ``step_index`` of every ``(N,)`` table; NaN past the end (so overruns under jit are
-    visible rather than silently clamped)."""
+    """Row ``step_index`` of every ``(N,)`` table; NaN past either end (so a traced overrun or
+    negative index shows in the result rather than being clamped or wrapped silently)."""
     return jax.tree.map(
-        lambda table: jnp.take(table, step_index, mode="fill", fill_value=jnp.nan), coefficients
+        lambda table: table.at[step_index].get(
+            mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
+        ),
+        coefficients,
     )
 
 
@@ -306,6 +488,10 @@ def resolve_noise(stochastic: bool, key, noise, shape, dtype) -> jax.Array | Non
     if key is not None and noise is not None:
         raise ValueError("pass either key or noise to a stochastic step, not both")
     if noise is not None:
+        if isinstance(noise, (str, bytes, tuple, list, dict)) or not jnp.issubdtype(
+            jnp.result_type(noise), jnp.floating
+        ):
+            raise OptionTypeError(f"noise must be a floating-point array, got {noise!r:.60}")
         if jnp.shape(noise) != tuple(shape):
             raise ValueError(f"noise has shape {jnp.shape(noise)}, expected {tuple(shape)}")
         return jnp.asarray(noise).astype(dtype)

@@ -7,13 +7,15 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsched._checks import (
+    OptionTypeError,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_nonnegative_scalar,
+    check_scalar_in,
 )
 from jaxsched.grids import (
     TIMESTEP_SPACINGS,
@@ -25,7 +27,10 @@ from jaxsched.grids import (
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
+    check_built_state,
     check_init_dtype,
+    check_init_shape,
+    check_state,
     check_step_inputs,
     current_row,
     resolve_noise,
@@ -33,7 +38,7 @@ from jaxsched.schedulers.base import (
 from jaxsched.schedules import NoiseSchedule, add_noise, compute_dtype, get_velocity
 from jaxsched.solvers.ddim import DDIMCoefficients, ddim_coefficients, ddim_update
 from jaxsched.solvers.prediction import PREDICTION_TYPES
-from jaxsched.state import SchedulerState
+from jaxsched.state import Origin, SchedulerState
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,20 +88,24 @@ class _DDIMBase(Scheduler):
             raise ValueError("pass exactly one of num_inference_steps and sigmas")
         if sigmas is None:
             self.check_num_inference_steps(num_inference_steps)
+        shape = check_init_shape(shape)
         dtype = check_init_dtype(dtype)
         schedule = self.noise_schedule(schedule)
         if sigmas is None:
             timesteps, coefficients = self.spaced_grid_tables(schedule, num_inference_steps)
         else:
             timesteps, coefficients = self.custom_grid_tables(schedule, sigmas)
-        return SchedulerState(
+        state = SchedulerState(
             timesteps=timesteps,
             step_index=jnp.zeros((), jnp.int32),
             coefficients=coefficients,
             schedule=schedule,
             thresholds=self.thresholds(schedule.alphas_cumprod.dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
+            origin=Origin(self),
         )
+        check_built_state(self, state)
+        return state
 
     def spaced_grid_tables(
         self, schedule: NoiseSchedule, num_inference_steps: int
@@ -123,13 +132,14 @@ class _DDIMBase(Scheduler):
         ``sigmas``: step ``i`` joins the levels ``a = 1 / (1 + sigma^2)`` of ``sigmas[i]`` and
         ``sigmas[i + 1]``, calling the model at the continuous timestep of the noisier one (the
         forward step's start; the inverse step's destination, as diffusers' inverse does)."""
+        abar = schedule.alphas_cumprod
         check_sigma_grid(
             sigmas,
             ascending=self.walks_toward_noise,
             zero_first=self.walks_toward_noise,
             zero_last=not self.walks_toward_noise,
+            sigma_max=jnp.sqrt((1.0 - abar[-1]) / abar[-1]),
         )
-        abar = schedule.alphas_cumprod
         sigmas = jnp.asarray(sigmas, abar.dtype)
         levels = 1.0 / (1.0 + sigmas**2)
         noisier = sigmas[1:] if self.walks_toward_noise else sigmas[:-1]
@@ -138,7 +148,14 @@ class _DDIMBase(Scheduler):
     def _ddim_step(self, state, model_output, x, *, eta, use_clipped_model_output, key, noise):
         """The update shared by both directions; ``eta=0.0`` (a Python zero) is deterministic."""
         dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
-        eta_value = check_nonnegative_scalar("eta", eta)
+        eta_value = check_scalar_in("eta", eta, 0.0, 1.0)
+        flag = use_clipped_model_output
+        if not isinstance(flag, (bool, np.bool_)) and not (
+            isinstance(flag, jax.Array) and flag.dtype == jnp.bool_ and flag.ndim == 0
+        ):
+            raise OptionTypeError(
+                f"use_clipped_model_output must be a bool (or a traced bool), got {flag!r}"
+            )
         stochastic = eta_value is None or eta_value > 0
         noise = resolve_noise(stochastic, key, noise, jnp.shape(x), dtype)
         x_next, x0 = ddim_update(
@@ -157,10 +174,12 @@ class _DDIMBase(Scheduler):
 
     def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
         """:func:`jaxsched.schedules.add_noise` on the state's schedule."""
+        check_state(self, state)
         return add_noise(state.schedule, original_samples, noise, timesteps)
 
     def get_velocity(self, state: SchedulerState, sample, noise, timesteps) -> jax.Array:
         """:func:`jaxsched.schedules.get_velocity` on the state's schedule."""
+        check_state(self, state)
         return get_velocity(state.schedule, sample, noise, timesteps)
 
 
@@ -219,7 +238,7 @@ class DDIMScheduler(_DDIMBase):
         Returns:
             ``(state, x_next)``; ``state.pred_original_sample`` holds this step's x0.
         """
-        check_step_inputs(state, model_output, t, x)
+        check_step_inputs(self, state, model_output, t, x)
         return self._ddim_step(
             state,
             model_output,
@@ -249,7 +268,7 @@ class DDIMInverseScheduler(_DDIMBase):
         self, state: SchedulerState, model_output: jax.Array, t, x: jax.Array
     ) -> tuple[SchedulerState, jax.Array]:
         """One inversion step toward noise; arguments as :meth:`DDIMScheduler.step`."""
-        check_step_inputs(state, model_output, t, x)
+        check_step_inputs(self, state, model_output, t, x)
         return self._ddim_step(
             state, model_output, x, eta=0.0, use_clipped_model_output=False, key=None, noise=None
         )

@@ -58,6 +58,10 @@ class _DPMBase(MultistepScheduler):
             raise OptionTypeError(
                 f"lambda_min_clipped must be a number, got {self.lambda_min_clipped!r}"
             )
+        if math.isnan(self.lambda_min_clipped) or self.lambda_min_clipped == math.inf:
+            raise ValueError(
+                f"lambda_min_clipped must be finite or -inf (off), got {self.lambda_min_clipped}"
+            )
         check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
         if not self.algorithm_type.endswith("++") and self.prediction_type == "flow_prediction":
             raise ValueError(
@@ -79,6 +83,9 @@ class _DPMBase(MultistepScheduler):
         convert_alpha, convert_sigma = (1.0 - sigmas, sigmas) if flow else (alpha, sigma)
         lam = log_or_minus_inf(alpha) - log_or_minus_inf(sigma)
         lambdas, order = self._nodes_and_orders(lam)
+        # A step to sigma = 0 (h = inf) is first order, as diffusers makes a final step to a zero
+        # sigma: the higher-order terms divide a finite slope by r = h_prev / h = 0.
+        order = jnp.where(jnp.isfinite(lambdas[0]), order, 1)
         weights = differentiable_where_finite(
             lambda nodes: step_weights(
                 self.algorithm_type,
@@ -117,6 +124,12 @@ class _DPMBase(MultistepScheduler):
         predicted variance as extra channels; the first ``x.shape[1]`` channels are used.
         """
         if self.variance_type is not None and self.prediction_type == "epsilon":
+            if jnp.ndim(model_output) < 2 or jnp.ndim(x) < 2:
+                raise ValueError(
+                    f"variance_type={self.variance_type!r} splits the model output along a channel "
+                    f"axis (batch, channels, ...); got model_output shape "
+                    f"{jnp.shape(model_output)} and sample shape {jnp.shape(x)}"
+                )
             model_output = model_output[:, : jnp.shape(x)[1]]
         return super().step(state, model_output, t, x, key=key, noise=noise)
 

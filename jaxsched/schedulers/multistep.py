@@ -11,16 +11,19 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from jaxsched._checks import check_bool, check_choice, check_float, check_int, concrete_value
 from jaxsched.grids import (
     TIMESTEP_SPACINGS,
     array_module,
     beta_sigmas,
+    check_custom_timesteps,
     check_sigma_grid,
     continuous_timesteps,
     dpm_timesteps,
     exponential_sigmas,
+    flow_shift_of_mu,
     flow_sigmas,
     inverse_dpm_timesteps,
     karras_sigmas,
@@ -29,15 +32,24 @@ from jaxsched.grids import (
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
+    check_built_state,
     check_init_dtype,
+    check_init_shape,
+    check_state,
     check_step_inputs,
     current_row,
     resolve_noise,
 )
-from jaxsched.schedules import NoiseSchedule, compute_dtype, noised
+from jaxsched.schedules import (
+    NoiseSchedule,
+    check_noising_inputs,
+    check_timesteps_type,
+    compute_dtype,
+    noised,
+)
 from jaxsched.solvers.multistep import MultistepCoefficients, effective_order, multistep_update
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
-from jaxsched.state import SchedulerState
+from jaxsched.state import Origin, SchedulerState
 
 MULTISTEP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 # diffusers' DPM-Solver clamps a zero terminal alphas_cumprod to this value.
@@ -160,16 +172,21 @@ class MultistepScheduler(Scheduler):
     # -- grids --------------------------------------------------------------------------------
 
     def _schedule_for_grid(self, schedule: NoiseSchedule | None) -> NoiseSchedule:
-        """The run's schedule; diffusers clamps a zero terminal level to ``2**-24``."""
+        """The run's schedule with every zero level clamped to ``2**-24``, as diffusers clamps a
+        zero terminal SNR (``rescale_betas_zero_snr``). Levels that underflow to 0 (``beta_end``
+        near 1) are clamped too, to the smallest positive level where that is below ``2**-24``
+        (the levels stay ordered): a zero ``alphas_cumprod`` has an infinite sigma, where the
+        solver's ``lambda`` is undefined."""
         if schedule is None:
             with jax.ensure_compile_time_eval():
                 schedule = self.noise_schedule()
         else:
             schedule = self.noise_schedule(schedule)
-        if not self.rescale_betas_zero_snr:
-            return schedule
         abar = schedule.alphas_cumprod
-        return schedule._replace(alphas_cumprod=abar.at[-1].set(ZERO_SNR_ALPHA_CUMPROD))
+        if self.rescale_betas_zero_snr:
+            abar = abar.at[-1].set(ZERO_SNR_ALPHA_CUMPROD)
+        floor = jnp.minimum(jnp.min(jnp.where(abar > 0, abar, 1.0)), ZERO_SNR_ALPHA_CUMPROD)
+        return schedule._replace(alphas_cumprod=jnp.where(abar > 0, abar, floor))
 
     def _check_timestep_range(self, timesteps: np.ndarray) -> None:
         """Integer timesteps must index a training level (diffusers fails mid-run otherwise)."""
@@ -267,8 +284,8 @@ class MultistepScheduler(Scheduler):
         return sigmas, ts
 
     def _descending_timesteps(self, n: int, timesteps, last_timestep: int) -> np.ndarray:
-        """The custom ``timesteps``, or diffusers' ``(n,)`` descending ones below
-        ``last_timestep``."""
+        """The custom ``timesteps`` (checked by :func:`check_custom_timesteps`), or diffusers'
+        ``(n,)`` descending ones below ``last_timestep``."""
         if timesteps is not None:
             return np.asarray(timesteps).astype(np.int64)
         return dpm_timesteps(
@@ -325,8 +342,13 @@ class MultistepScheduler(Scheduler):
         flow sigmas). Forward grids descend and may end at 0 (see ``ends_at_zero_sigma_ok``);
         inverse grids ascend from a positive sigma."""
         zero_last = not self.walks_toward_noise and self.ends_at_zero_sigma_ok
+        abar = schedule.alphas_cumprod
         check_sigma_grid(
-            sigmas, ascending=self.walks_toward_noise, zero_first=False, zero_last=zero_last
+            sigmas,
+            ascending=self.walks_toward_noise,
+            zero_first=False,
+            zero_last=zero_last,
+            sigma_max=1.0 if self.use_flow_sigmas else jnp.sqrt((1.0 - abar[-1]) / abar[-1]),
         )
         sigmas = jnp.asarray(sigmas, schedule.alphas_cumprod.dtype)
         n = sigmas.shape[0] - 1
@@ -412,6 +434,7 @@ class MultistepScheduler(Scheduler):
         if spacing not in (None, "flow") and sigmas is not None:
             raise ValueError(f"custom sigmas cannot be used with {spacing} sigmas")
         if timesteps is not None:
+            timesteps = check_custom_timesteps(timesteps, self.num_train_timesteps)
             num_inference_steps = len(timesteps)
         elif num_inference_steps is not None:
             self.check_num_inference_steps(num_inference_steps)
@@ -419,22 +442,17 @@ class MultistepScheduler(Scheduler):
             raise ValueError("mu shifts the built-in flow grid; custom sigmas are used as given")
         if mu is not None and not self.use_dynamic_shifting:
             raise ValueError("mu is only used with use_dynamic_shifting=True")
+        shape = check_init_shape(shape)
         dtype = check_init_dtype(dtype)
         schedule = self._schedule_for_grid(schedule)
-        mu_value = concrete_value(mu)
-        if mu is None:
-            flow_shift = self.flow_shift
-        elif mu_value is not None:
-            flow_shift = math.exp(float(mu_value))  # float64, as diffusers' np.exp(mu)
-        else:
-            flow_shift = jnp.exp(mu)
+        flow_shift = self.flow_shift if mu is None else flow_shift_of_mu(mu)
         if sigmas is None:
             ts, sigmas = self.sigma_grid(schedule, num_inference_steps, timesteps, flow_shift)
         else:
             ts, sigmas = self.custom_sigma_grid(schedule, sigmas, flow_shift)
         table_dtype = schedule.alphas_cumprod.dtype
         history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))
-        return SchedulerState(
+        state = SchedulerState(
             timesteps=ts,
             step_index=jnp.zeros((), jnp.int32),
             coefficients=self.coefficients(sigmas),
@@ -442,7 +460,10 @@ class MultistepScheduler(Scheduler):
             thresholds=self.thresholds(table_dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
             history=history,
+            origin=Origin(self),
         )
+        check_built_state(self, state, "" if mu is None else f", mu={mu!r}")
+        return state
 
     # -- training-side helper -----------------------------------------------------------------
 
@@ -452,6 +473,10 @@ class MultistepScheduler(Scheduler):
         ``timesteps`` is looked up in ``state.timesteps``; a timestep found twice uses its
         second position, one not found the last step's level. Computed in at least float32 and
         returned in the samples' dtype; jittable (the lookup is a comparison, not a search)."""
+        check_state(self, state)
+        check_timesteps_type(timesteps)
+        check_noising_inputs(original_samples, noise, timesteps)
+        self._check_add_noise_range(timesteps)
         matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == state.timesteps[None, :]
         first = jnp.argmax(matches, axis=1)
         second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
@@ -462,6 +487,19 @@ class MultistepScheduler(Scheduler):
         if self.prediction_type == "flow_prediction":  # the tables hold (1 - s, s) of grid s
             alpha, sigma = self._levels(sigma)
         return noised(original_samples, noise, alpha, sigma, state.schedule.alphas_cumprod.dtype)
+
+    def _check_add_noise_range(self, timesteps) -> None:
+        """Timesteps must be training timesteps: ``0..T-1`` (``0..T`` for flow sigmas, whose
+        timestep is ``sigma * T``); raises when concrete, a debug check when traced."""
+        top = self.num_train_timesteps - (0 if self.use_flow_sigmas else 1)
+        t = jnp.asarray(timesteps)
+        known = concrete_value(timesteps)
+        if known is None:
+            checkify.debug_check(
+                jnp.all((t >= 0) & (t <= top)), f"timesteps must lie in 0..{top}, got {{}}", t
+            )
+        elif not np.all((known >= 0) & (known <= top)):
+            raise ValueError(f"timesteps must lie in 0..{top}, got {known.ravel().tolist()[:8]}")
 
     # -- step ---------------------------------------------------------------------------------
 
@@ -494,7 +532,7 @@ class MultistepScheduler(Scheduler):
         noise: jax.Array | None = None,
     ) -> tuple[SchedulerState, jax.Array]:
         """One multistep step; ``key``/``noise`` drive the stochastic (SDE) variants."""
-        check_step_inputs(state, model_output, t, x)
+        check_step_inputs(self, state, model_output, t, x)
         dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
         noise = resolve_noise(
             self.algorithm_type.startswith("sde"), key, noise, jnp.shape(x), dtype

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.solvers.prediction import data_and_noise, limit_data, noise_from_data
-from jaxsched.solvers.safe_math import sqrt_or_zero
+from jaxsched.solvers.safe_math import sqrt_of_variance, sqrt_or_zero
 from jaxsched.state import Thresholds
 
 
@@ -30,7 +30,8 @@ class DDIMCoefficients(NamedTuple):
         sigma_from: ``sqrt(1 - a_from)``, its noise scale.
         alpha_to: ``sqrt(a_to)``, the signal scale the step ends at.
         sigma_to_sq: ``1 - a_to``, the squared noise scale it ends at.
-        variance: DDIM eq. 16 posterior variance per ``eta^2`` (0 where ``a_from = 1``).
+        variance: DDIM eq. 16 posterior variance per ``eta^2`` (0 where ``a_from = 1``, and
+            where rounding makes it negative: a zero-length step).
     """
 
     alpha_from: jax.Array
@@ -49,7 +50,11 @@ def ddim_coefficients(abar_from: jax.Array, abar_to: jax.Array) -> DDIMCoefficie
         sigma_from=sqrt_or_zero(beta_from),
         alpha_to=sqrt_or_zero(abar_to),
         sigma_to_sq=beta_to,
-        variance=jnp.where(beta_from > 0, (beta_to / beta_from) * (1.0 - abar_from / abar_to), 0.0),
+        variance=jnp.where(
+            beta_from > 0,
+            jnp.maximum((beta_to / beta_from) * (1.0 - abar_from / abar_to), 0.0),
+            0.0,
+        ),
     )
 
 
@@ -84,5 +89,5 @@ def ddim_update(
     if noise is None:
         return row.alpha_to * x0 + sqrt_or_zero(row.sigma_to_sq) * eps, x0
     std = eta * sqrt_or_zero(row.variance)
-    x_to = row.alpha_to * x0 + sqrt_or_zero(row.sigma_to_sq - std**2) * eps + std * noise
+    x_to = row.alpha_to * x0 + sqrt_of_variance(row.sigma_to_sq - std**2) * eps + std * noise
     return x_to, x0

@@ -20,6 +20,8 @@ from jaxsched.solvers.multistep import StepWeights, guarded_inverse
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
+# A step whose |h| is at most this many ulps of |lambda| is a zero-length step (rounding).
+ROUNDING_ULPS = 8
 
 
 def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h, exact: bool):
@@ -44,31 +46,52 @@ def _data_form_terms(algorithm_type: str, solver_type: str, alpha_t, h, exact: b
     return k0, k1_second, heun, 2.0 * k2 if exact else k2
 
 
-def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, h, exact: bool):
+def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, reach, h, exact: bool):
     """``(k0, k1_order2, k1_order3, k2)`` of the noise-prediction solvers.
 
     ODE: integrals of ``e^{h - tau}`` against ``1, tau / h, (tau / h)^2``; the SDE variant has
     twice the ODE weights (DPM-Solver++, Appendix B, "SDE-DPM-Solver"). ``k2`` is halved as in
-    diffusers unless ``exact``.
+    diffusers unless ``exact``. ``sigma_t e^h`` is written as ``reach = alpha_t sigma_s /
+    alpha_s`` (``e^lambda = alpha / sigma``), so a step to ``sigma_t = 0`` (``h = inf``) has the
+    finite limit of every weight instead of ``0 * inf``.
     """
     factor = 2.0 if algorithm_type.startswith("sde") else 1.0
-    em1 = jnp.expm1(h)
-    k0 = -factor * sigma_t * em1
-    heun = -factor * sigma_t * (em1 / h - 1.0)
+    growth = -reach * jnp.expm1(-h)  # sigma_t (e^h - 1)
+    k0 = -factor * growth
+    heun = -factor * (growth / h - sigma_t)
     k1_second = heun if solver_type == "heun" else 0.5 * k0
-    k2 = -factor * sigma_t * ((em1 - h) / h**2 - 0.5)
+    k2 = -factor * ((growth / h - sigma_t) / h - 0.5 * sigma_t)
     return k0, k1_second, heun, 2.0 * k2 if exact else k2
 
 
 def sample_and_noise_weights(algorithm_type: str, alpha_s, sigma_s, alpha_t, sigma_t, h):
-    """``(a, c)``: the weight of ``x_s`` and of the Gaussian noise ``z`` (0 for ODE solvers)."""
+    """``(a, c)``: the weight of ``x_s`` and of the Gaussian noise ``z`` (0 for ODE solvers).
+
+    The noise-form SDE's ``sigma_t sqrt(e^{2h} - 1)`` is written with ``sigma_t e^h = alpha_t
+    sigma_s / alpha_s`` so that it stays finite at ``sigma_t = 0``.
+    """
     if algorithm_type == "dpmsolver++":
         return sigma_t / sigma_s, jnp.zeros_like(h)
     if algorithm_type == "dpmsolver":
         return alpha_t / alpha_s, jnp.zeros_like(h)
     if algorithm_type == "sde-dpmsolver++":
         return sigma_t / sigma_s * jnp.exp(-h), sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * h))
-    return alpha_t / alpha_s, sigma_t * jnp.sqrt(jnp.expm1(2.0 * h))
+    reach = alpha_t * sigma_s / alpha_s
+    return alpha_t / alpha_s, reach * jnp.sqrt(-jnp.expm1(-2.0 * h))
+
+
+def is_moving(lambda_s, lambda_t) -> jax.Array:
+    """Whether a step changes the level: ``lambda_t != lambda_s`` beyond rounding.
+
+    Equal infinities (two zero sigmas) are the same level; so is an ``h`` within a few ulps of
+    ``|lambda|`` (a karras grid's last point and ``sigma_min`` computed two ways), whose SDE noise
+    weight would otherwise be the root of a rounding-negative.
+    """
+    h = lambda_t - lambda_s
+    magnitude = jnp.maximum(jnp.abs(lambda_s), jnp.abs(lambda_t))
+    scale = jnp.where(jnp.isfinite(magnitude), jnp.maximum(magnitude, 1.0), 1.0)
+    rounding = ROUNDING_ULPS * jnp.finfo(jnp.result_type(h)).eps * scale
+    return (lambda_t != lambda_s) & ~(jnp.abs(h) <= rounding)
 
 
 def step_weights(
@@ -87,13 +110,14 @@ def step_weights(
     the divided differences into the model-output weights:
     ``D1 = (m0 - m1) / r0`` (order 2) and, for order 3, ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 -
     D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)`` with ``r0 = h0 / h``, ``r1 = h1 / h``.
-    A zero-length step (``h = 0``) is an exact no-op: ``a = 1`` and every other weight 0.
+    A zero-length step (``h = 0`` up to rounding, see :func:`is_moving`) is an exact no-op:
+    ``a = 1`` and every other weight 0.
     ``exact_third_order`` uses third-order weights that integrate quadratics exactly.
     """
     (alpha_s, alpha_t), (sigma_s, sigma_t) = alphas, sigmas
     lambda_t, lambda_s0, lambda_s1, lambda_s2 = lambdas
     h = lambda_t - lambda_s0
-    moving = h != 0
+    moving = is_moving(lambda_s0, lambda_t)
     safe_h = jnp.where(moving, h, 1.0)
     a, c = sample_and_noise_weights(algorithm_type, alpha_s, sigma_s, alpha_t, sigma_t, safe_h)
     if algorithm_type.endswith("++"):
@@ -101,8 +125,9 @@ def step_weights(
             algorithm_type, solver_type, alpha_t, safe_h, exact_third_order
         )
     else:
+        reach = alpha_t * sigma_s / alpha_s
         k0, k1_second, k1_third, k2 = _noise_form_terms(
-            algorithm_type, solver_type, sigma_t, safe_h, exact_third_order
+            algorithm_type, solver_type, sigma_t, reach, safe_h, exact_third_order
         )
     r0 = (lambda_s0 - lambda_s1) / safe_h
     r1 = (lambda_s1 - lambda_s2) / safe_h

@@ -65,6 +65,8 @@ def dynamic_threshold(x0: jax.Array, ratio, max_value) -> jax.Array:
     ``s`` is the ``ratio`` quantile (linear interpolation) of ``|x0|`` over all non-batch axes,
     clamped to ``[1, max_value]``; ``x0`` is clipped to ``[-s, s]`` and divided by ``s``.
     """
+    if x0.size == 0:
+        return x0  # an empty batch has nothing to threshold
     flat = x0.reshape(x0.shape[0] if x0.ndim else 1, -1)
     s = jnp.quantile(jnp.abs(flat), ratio, axis=1, keepdims=True)
     s = jnp.minimum(jnp.maximum(s, 1.0), max_value).astype(flat.dtype)

@@ -19,6 +19,13 @@ def sqrt_or_zero(value: jax.Array) -> jax.Array:
     return jnp.where(positive, root, jnp.where(value == 0, 0.0, jnp.nan))
 
 
+def sqrt_of_variance(value: jax.Array) -> jax.Array:
+    """``sqrt(max(value, 0))`` for a variance that is >= 0 in exact arithmetic: a rounding
+    negative (e.g. ``1 - a_to - std^2`` of stochastic DDIM at eta = 1 from a zero-SNR level) is
+    0, with derivative 0 there."""
+    return sqrt_or_zero(jnp.maximum(value, 0.0))
+
+
 def log_or_minus_inf(value: jax.Array) -> jax.Array:
     """``log(value)``, ``-inf`` at ``value = 0``, with derivative 0 there rather than NaN."""
     positive = value > 0
