@@ -32,11 +32,11 @@ from jax import lax
 
 from jaxsched._checks import (
     check_callable,
-    concrete_value,
     check_choice,
     check_float,
     check_int,
     check_scheduler,
+    concrete_value,
 )
 from jaxsched.loops import ModelFn
 from jaxsched.schedulers.base import Scheduler
@@ -113,10 +113,14 @@ def _invert_step(
     acceleration: str | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(x, residual, fallbacks)``: the ``x`` whose forward step at ``state`` gives ``y``, the
-    RMS of ``F(x) - y`` at the last iterate, and the count of elements solved without the limit.
+    RMS of ``F(x) - y`` at the last evaluated iterate, and the count of elements there solved
+    without the limit.
 
-    Where the limiter makes ``dF/dx = 0`` for an element (its ``x0`` is clipped), the update
-    uses the step without the limit, ``unlimited``, for that element instead of dividing by 0.
+    With a limiter (``clip_sample``, dynamic thresholding) the update is preconditioned by the
+    slope of the step without it, ``unlimited``: the limited step's ``jvp`` along ones is not
+    its Jacobian's diagonal, since the dynamic threshold couples a sample's elements. Where the
+    limiter makes ``dF/dx = 0`` for an element (its ``x0`` is clipped), the update solves the
+    unlimited step for it instead of dividing by 0.
     """
     t = state.timesteps[state.step_index]
 
@@ -140,7 +144,7 @@ def _invert_step(
             plain_state = plain_state._replace(step_index=state.step_index)
             fu, slope_u = value_and_slope(plain, plain_state, x, model_output)
             held = slope == 0
-            g = jnp.where(held, (y - fu) / slope_u, residual / jnp.where(held, 1.0, slope))
+            g = jnp.where(held, y - fu, residual) / slope_u
         x_next = x + relaxation * g
         if acceleration == "anderson":
             x_next = jnp.where(
