@@ -8,7 +8,7 @@ under one ``lax.scan``.
 from jaxsched import learned_grid, sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.debug import checked
-from jaxsched.inversion import exact_invert
+from jaxsched.inversion import InversionInfo, exact_invert
 from jaxsched.loops import invert, sample
 from jaxsched.schedulers import (
     SCHEDULERS,
@@ -33,6 +33,7 @@ __all__ = [
     "DEISMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
+    "InversionInfo",
     "NoiseSchedule",
     "Scheduler",
     "SchedulerState",

@@ -183,7 +183,8 @@ def noise_schedule(
         torch's rounding, so they equal diffusers' bit for bit; traced options use the same
         formulas in JAX.
     """
-    check_choice("beta_schedule", kind, BETA_SCHEDULES)
+    if trained_betas is None:  # given betas replace the kind, as in diffusers
+        check_choice("beta_schedule", kind, BETA_SCHEDULES)
     check_int("num_train_timesteps", num_train_timesteps, minimum=1)
     check_bool("rescale_betas_zero_snr", rescale_betas_zero_snr)
     try:

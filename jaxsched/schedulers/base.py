@@ -84,7 +84,10 @@ class Scheduler:
     def _validate(self) -> None:
         """Check every option; subclasses extend it. Raises ``ValueError`` / ``TypeError``."""
         check_int("num_train_timesteps", self.num_train_timesteps, minimum=1)
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        if self.trained_betas is None:
+            check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        elif not isinstance(self.beta_schedule, str):  # diffusers ignores it beside trained_betas
+            raise OptionTypeError(f"beta_schedule must be a str, got {self.beta_schedule!r}")
         check_float("beta_start", self.beta_start, low=0.0, high=1.0, high_open=True)
         check_float("beta_end", self.beta_end, low=0.0, high=1.0, high_open=True)
         check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)

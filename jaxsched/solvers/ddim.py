@@ -30,8 +30,9 @@ class DDIMCoefficients(NamedTuple):
         sigma_from: ``sqrt(1 - a_from)``, its noise scale.
         alpha_to: ``sqrt(a_to)``, the signal scale the step ends at.
         sigma_to_sq: ``1 - a_to``, the squared noise scale it ends at.
-        variance: DDIM eq. 16 posterior variance per ``eta^2`` (0 where ``a_from = 1``, and
-            where rounding makes it negative: a zero-length step).
+        variance: DDIM eq. 16 posterior variance per ``eta^2`` (0 where ``a_from = 1``, where
+            ``a_to = 0`` (a step between two levels that underflowed to 0), and where rounding
+            makes it negative: a zero-length step).
     """
 
     alpha_from: jax.Array
@@ -51,7 +52,7 @@ def ddim_coefficients(abar_from: jax.Array, abar_to: jax.Array) -> DDIMCoefficie
         alpha_to=sqrt_or_zero(abar_to),
         sigma_to_sq=beta_to,
         variance=jnp.where(
-            beta_from > 0,
+            (beta_from > 0) & (abar_to > 0),
             jnp.maximum((beta_to / beta_from) * (1.0 - abar_from / abar_to), 0.0),
             0.0,
         ),
