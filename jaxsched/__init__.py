@@ -9,7 +9,7 @@ from jaxsched import learned_grid, sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.debug import checked
 from jaxsched.inversion import InversionInfo, exact_invert
-from jaxsched.loops import invert, sample
+from jaxsched.loops import begin_index_for_strength, invert, sample
 from jaxsched.schedulers import (
     SCHEDULERS,
     DDIMInverseScheduler,
@@ -40,6 +40,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "add_noise",
+    "begin_index_for_strength",
     "checked",
     "exact_invert",
     "from_config",

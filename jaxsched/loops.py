@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsched._checks import check_callable, check_int, check_scheduler
+from jaxsched._checks import check_callable, check_float, check_int, check_scheduler
 from jaxsched.schedulers.base import Scheduler, check_not_finished, check_state
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.state import SchedulerState
@@ -179,6 +179,27 @@ def sample(
     unroll = scheduler.scan_unroll if unroll is None else unroll
     state, x = _scan_with_remat(body, (state, x), per_step, length, unroll, remat)
     return (state, x) if return_state else x
+
+
+def begin_index_for_strength(scheduler: Scheduler, num_inference_steps: int, strength) -> int:
+    """The step an img2img run of ``strength`` begins at, as diffusers' img2img pipelines
+    compute it: ``N - min(int(N * strength), N)`` steps are skipped, times the scheduler's
+    model calls per step (``scheduler.order``). Pass it to ``init(..., begin_index=...)`` and
+    noise the image to ``state.timesteps[begin_index]`` with ``add_noise``.
+
+    Raises ``ValueError`` for ``strength`` outside ``[0, 1]``, or one so small that no step is
+    left (``int(N * strength) = 0``).
+    """
+    check_scheduler("scheduler", scheduler)
+    check_int("num_inference_steps", num_inference_steps, minimum=1)
+    check_float("strength", strength, low=0.0, high=1.0)
+    kept = min(int(num_inference_steps * strength), num_inference_steps)
+    if kept == 0:
+        raise ValueError(
+            f"strength={strength} keeps int({num_inference_steps} * {strength}) = 0 of "
+            f"{num_inference_steps} steps: there is no step left to run"
+        )
+    return (num_inference_steps - kept) * scheduler.order
 
 
 def invert(

@@ -52,6 +52,8 @@ class SchedulerState(NamedTuple):
         pred_original_sample: ``(*shape)`` the last x0 prediction (zeros before the first step).
         history: multistep memory (family-specific; ``()`` for one-step solvers).
         origin: the :class:`Origin` (scheduler) whose ``init`` built the state; static.
+        begin_index: ``()`` int32, the step the run began at when ``init`` was given one
+            (img2img, diffusers' ``set_begin_index``); ``None`` otherwise.
     """
 
     timesteps: jax.Array
@@ -62,6 +64,7 @@ class SchedulerState(NamedTuple):
     pred_original_sample: jax.Array
     history: Any = ()
     origin: Origin | None = None
+    begin_index: jax.Array | None = None
 
     @property
     def num_inference_steps(self) -> int:

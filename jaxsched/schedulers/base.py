@@ -231,6 +231,19 @@ def check_schedule_values(schedule: NoiseSchedule) -> None:
             )
 
 
+def check_begin_index(begin_index: Any, num_steps: int) -> int:
+    """The step a run begins at: ``0`` when ``None``, else an int in ``0 .. N - 1``."""
+    if begin_index is None:
+        return 0
+    check_int("begin_index", begin_index)
+    if not 0 <= begin_index < num_steps:
+        raise ValueError(
+            f"begin_index must lie in 0..{num_steps - 1} (a step of the {num_steps}-step run), "
+            f"got {begin_index}"
+        )
+    return int(begin_index)
+
+
 def check_init_shape(shape: Any) -> tuple[int, ...]:
     """The sample shape of a run as a tuple of ints >= 0; raises naming ``shape`` otherwise."""
     valid = isinstance(shape, (tuple, list)) and all(

@@ -27,6 +27,7 @@ from jaxsched.grids import (
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
+    check_begin_index,
     check_built_state,
     check_init_dtype,
     check_init_shape,
@@ -73,6 +74,7 @@ class _DDIMBase(Scheduler):
         schedule: NoiseSchedule | None = None,
         *,
         sigmas=None,
+        begin_index: int | None = None,
     ) -> SchedulerState:
         """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
 
@@ -83,6 +85,8 @@ class _DDIMBase(Scheduler):
         ``(N + 1,)`` grid of ``sigma = sqrt((1 - a) / a)``, descending for sampling and
         ascending for inversion, 0 allowed at the clean end (``a = 1``); see
         :meth:`custom_grid_tables`.
+        ``begin_index`` starts the run at that step (img2img; diffusers' ``set_begin_index``
+        followed by ``timesteps[begin_index:]``).
         """
         if num_inference_steps is not None and sigmas is not None:
             raise ValueError("pass exactly one of num_inference_steps and sigmas")
@@ -95,14 +99,16 @@ class _DDIMBase(Scheduler):
             timesteps, coefficients = self.spaced_grid_tables(schedule, num_inference_steps)
         else:
             timesteps, coefficients = self.custom_grid_tables(schedule, sigmas)
+        start = check_begin_index(begin_index, timesteps.shape[0])
         state = SchedulerState(
             timesteps=timesteps,
-            step_index=jnp.zeros((), jnp.int32),
+            step_index=jnp.asarray(start, jnp.int32),
             coefficients=coefficients,
             schedule=schedule,
             thresholds=self.thresholds(schedule.alphas_cumprod.dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
             origin=Origin(self),
+            begin_index=None if begin_index is None else jnp.asarray(start, jnp.int32),
         )
         check_built_state(self, state)
         return state

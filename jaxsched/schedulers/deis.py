@@ -60,13 +60,14 @@ class _DEISBase(MultistepScheduler):
         for flow sigmas."""
         return sigmas / (1.0 - sigmas) if self.use_flow_sigmas else sigmas
 
-    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
-        """Every step's tables from the ``(N + 1,)`` sigma grid."""
+    def coefficients(self, sigmas: jax.Array, begin_index: int = 0) -> MultistepCoefficients:
+        """Every step's tables from the ``(N + 1,)`` sigma grid, for a run that begins at step
+        ``begin_index``."""
         n = sigmas.shape[0] - 1
         alpha, sigma = self._levels(sigmas)
         rho = self._rhos(sigmas)
         log_rho = log_or_minus_inf(rho)
-        log_rhos, order = self._nodes_and_orders(log_rho)
+        log_rhos, order = self._nodes_and_orders(log_rho, begin_index)
         weights = differentiable_where_finite(
             lambda nodes: deis_step_weights(
                 (alpha[:n], alpha[1:]), (rho[:n], rho[1:]), nodes, order

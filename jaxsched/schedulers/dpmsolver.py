@@ -74,15 +74,16 @@ class _DPMBase(MultistepScheduler):
         """Only the data-prediction (``++``) algorithms can step to sigma = 0."""
         return self.algorithm_type.endswith("++")
 
-    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
-        """Every step's tables from the ``(N + 1,)`` sigma grid."""
+    def coefficients(self, sigmas: jax.Array, begin_index: int = 0) -> MultistepCoefficients:
+        """Every step's tables from the ``(N + 1,)`` sigma grid, for a run that begins at step
+        ``begin_index``."""
         n = sigmas.shape[0] - 1
         alpha, sigma = self._levels(sigmas)
         # diffusers converts flow predictions with the raw grid sigma, flow sigmas or not.
         flow = self.prediction_type == "flow_prediction"
         convert_alpha, convert_sigma = (1.0 - sigmas, sigmas) if flow else (alpha, sigma)
         lam = log_or_minus_inf(alpha) - log_or_minus_inf(sigma)
-        lambdas, order = self._nodes_and_orders(lam)
+        lambdas, order = self._nodes_and_orders(lam, begin_index)
         # A step to sigma = 0 (h = inf) is first order, as diffusers makes a final step to a zero
         # sigma: the higher-order terms divide a finite slope by r = h_prev / h = 0.
         order = jnp.where(jnp.isfinite(lambdas[0]), order, 1)
@@ -217,7 +218,7 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
 
     sigma_grid = MultistepScheduler.inverse_sigma_grid
 
-    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
+    def coefficients(self, sigmas: jax.Array, begin_index: int = 0) -> MultistepCoefficients:
         """The forward tables on the ascending grid; a ``++`` grid must start above sigma 0.
 
         From ``sigma_s = 0`` (``beta_start=0``) the data-prediction step ``(sigma_t /
@@ -236,7 +237,7 @@ class DPMSolverMultistepInverseScheduler(_DPMBase):
                 checkify.debug_check(sigmas[0] > 0, message)
             elif start <= 0:
                 raise ValueError(message)
-        return super().coefficients(sigmas)
+        return super().coefficients(sigmas, begin_index)
 
     def _inverse_needs(self) -> dict[str, Any]:
         """Noise-form algorithms need the forward grid to end at ``sigma_min`` (a zero final

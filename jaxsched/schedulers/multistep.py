@@ -32,6 +32,7 @@ from jaxsched.grids import (
 from jaxsched.schedulers.base import (
     Scheduler,
     advance,
+    check_begin_index,
     check_built_state,
     check_init_dtype,
     check_init_shape,
@@ -79,17 +80,31 @@ def step_orders(
     lower_order_final: bool,
     euler_at_final: bool,
     final_sigmas_type: str,
+    begin_index: int = 0,
 ) -> np.ndarray:
-    """The order diffusers uses at each step, ``(N,)``: warm-up (step ``i`` has at most
-    ``i + 1``), then ``euler_at_final`` / ``lower_order_final`` / a zero final sigma lower the
-    last step to 1, and ``lower_order_final`` below 15 steps the second-to-last to 2."""
+    """The order diffusers uses at each step, ``(N,)``: warm-up from the step the run begins at
+    (step ``i`` has at most ``i - begin_index + 1``; steps before it never run), then
+    ``euler_at_final`` / ``lower_order_final`` / a zero final sigma lower the last step to 1,
+    and ``lower_order_final`` below 15 steps the second-to-last to 2 (both counted over all
+    ``N`` steps, as diffusers counts them)."""
     short = lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW
-    orders = np.minimum(np.arange(num_steps) + 1, solver_order)
+    orders = np.clip(np.arange(num_steps) - begin_index + 1, 1, solver_order)
     if num_steps >= 2 and short:
         orders[-2] = min(orders[-2], 2)
     if euler_at_final or short or final_sigmas_type == "zero":
         orders[-1] = 1
     return orders.astype(np.int32)
+
+
+def lookup_timesteps(grid: jax.Array, timesteps) -> jax.Array:
+    """The position of each of ``timesteps`` ``(B,)`` (or a scalar) in ``grid`` ``(N,)`` as
+    diffusers' ``index_for_timestep`` finds it: the second match when a timestep repeats, the
+    last step when it is missing. A comparison, not a search, so it is jittable."""
+    matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == grid[None, :]
+    first = jnp.argmax(matches, axis=1)
+    second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
+    count = jnp.sum(matches, axis=1)
+    return jnp.where(count == 0, grid.shape[0] - 1, jnp.where(count > 1, second, first))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -363,19 +378,22 @@ class MultistepScheduler(Scheduler):
         alpha = 1.0 / jnp.sqrt(sigmas**2 + 1.0)
         return alpha, sigmas * alpha
 
-    def _nodes_and_orders(self, coordinate: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    def _nodes_and_orders(
+        self, coordinate: jax.Array, begin_index: int = 0
+    ) -> tuple[tuple[jax.Array, ...], jax.Array]:
         """``((t, s0, s1, s2), order)`` of every step from the solver's grid coordinate
         (lambda or log rho, ``(N + 1,)``): each ``(N,)``; before the first step the history
         repeats ``s0``, and the order is lowered where history points coincide or are
-        infinite."""
+        infinite, and during the warm-up from ``begin_index``."""
         n = coordinate.shape[0] - 1
         s0 = coordinate[:n]
         s1 = jnp.concatenate([s0[:1], s0[:-1]])
         s2 = jnp.concatenate([s1[:1], s1[:-1]])
         nodes = (coordinate[1:], s0, s1, s2)
-        return nodes, effective_order(jnp.asarray(self._nominal_orders(n)), nodes)
+        nominal = jnp.asarray(self._nominal_orders(n, begin_index))
+        return nodes, effective_order(nominal, nodes)
 
-    def _nominal_orders(self, num_steps: int) -> np.ndarray:
+    def _nominal_orders(self, num_steps: int, begin_index: int = 0) -> np.ndarray:
         """The order diffusers uses at each step before history checks, ``(N,)``."""
         return step_orders(
             self.solver_order,
@@ -383,12 +401,14 @@ class MultistepScheduler(Scheduler):
             lower_order_final=self.lower_order_final,
             euler_at_final=self.euler_at_final,
             final_sigmas_type=self.final_sigmas_type,
+            begin_index=begin_index,
         )
 
     # -- init ---------------------------------------------------------------------------------
 
-    def coefficients(self, sigmas: jax.Array) -> MultistepCoefficients:
-        """Every step's tables from the ``(N + 1,)`` sigma grid (per family)."""
+    def coefficients(self, sigmas: jax.Array, begin_index: int = 0) -> MultistepCoefficients:
+        """Every step's tables from the ``(N + 1,)`` sigma grid, for a run that begins at step
+        ``begin_index`` (per family)."""
         raise NotImplementedError
 
     def sigma_grid(self, schedule: NoiseSchedule, num_inference_steps, timesteps, flow_shift):
@@ -405,6 +425,7 @@ class MultistepScheduler(Scheduler):
         timesteps=None,
         sigmas=None,
         mu=None,
+        begin_index: int | None = None,
     ) -> SchedulerState:
         """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
 
@@ -420,6 +441,10 @@ class MultistepScheduler(Scheduler):
                 is floating point). With ``use_flow_sigmas`` the values are flow sigmas; other
                 sigma spacings are rejected.
             mu: with ``use_dynamic_shifting``, the flow shift is ``exp(mu)`` (may be traced).
+            begin_index: start the run at this step (img2img; diffusers' ``set_begin_index``):
+                ``step_index`` starts there, the solver warms up from there (its first step is
+                first order), ``lower_order_final`` still counts all ``N`` steps, and
+                :meth:`add_noise` uses the current step's level.
         """
         given = {
             "num_inference_steps": num_inference_steps,
@@ -451,16 +476,18 @@ class MultistepScheduler(Scheduler):
         else:
             ts, sigmas = self.custom_sigma_grid(schedule, sigmas, flow_shift)
         table_dtype = schedule.alphas_cumprod.dtype
+        start = check_begin_index(begin_index, ts.shape[0])
         history = tuple(jnp.zeros(shape, dtype) for _ in range(self.solver_order - 1))
         state = SchedulerState(
             timesteps=ts,
-            step_index=jnp.zeros((), jnp.int32),
-            coefficients=self.coefficients(sigmas),
+            step_index=jnp.asarray(start, jnp.int32),
+            coefficients=self.coefficients(sigmas, start),
             schedule=schedule,
             thresholds=self.thresholds(table_dtype),
             pred_original_sample=jnp.zeros(shape, dtype),
             history=history,
             origin=Origin(self),
+            begin_index=None if begin_index is None else jnp.asarray(start, jnp.int32),
         )
         check_built_state(self, state, "" if mu is None else f", mu={mu!r}")
         return state
@@ -469,20 +496,19 @@ class MultistepScheduler(Scheduler):
 
     def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
         """``alpha x0 + sigma noise`` at the grid level of each timestep, as diffusers' multistep
-        ``add_noise`` does outside a run (no ``begin_index``): each of the ``(B,)`` (or scalar)
-        ``timesteps`` is looked up in ``state.timesteps``; a timestep found twice uses its
-        second position, one not found the last step's level. Computed in at least float32 and
-        returned in the samples' dtype; jittable (the lookup is a comparison, not a search)."""
+        ``add_noise`` does. Without a ``begin_index`` each of the ``(B,)`` (or scalar)
+        ``timesteps`` is looked up in ``state.timesteps`` (:func:`lookup_timesteps`). A state
+        built with ``init(begin_index=...)`` uses the level of its current step for every
+        timestep (before the run: the begin index, img2img; during it: the step, inpainting).
+        Computed in at least float32 and returned in the samples' dtype; jittable."""
         check_state(self, state)
         check_timesteps_type(timesteps)
         check_noising_inputs(original_samples, noise, timesteps)
         self._check_add_noise_range(timesteps)
-        matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == state.timesteps[None, :]
-        first = jnp.argmax(matches, axis=1)
-        second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
-        count = jnp.sum(matches, axis=1)
-        last = state.num_inference_steps - 1
-        index = jnp.where(count == 0, last, jnp.where(count > 1, second, first))
+        if state.begin_index is None:
+            index = lookup_timesteps(state.timesteps, timesteps)
+        else:
+            index = jnp.broadcast_to(state.step_index, jnp.shape(jnp.ravel(timesteps)))
         alpha, sigma = state.coefficients.alpha[index], state.coefficients.sigma[index]
         if self.prediction_type == "flow_prediction":  # the tables hold (1 - s, s) of grid s
             alpha, sigma = self._levels(sigma)
