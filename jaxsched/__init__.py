@@ -9,7 +9,7 @@ from jaxsched import learned_grid, sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.debug import checked
 from jaxsched.inversion import InversionInfo, exact_invert
-from jaxsched.loops import begin_index_for_strength, invert, sample
+from jaxsched.loops import Trajectory, begin_index_for_strength, invert, sample, tqdm_progress
 from jaxsched.schedulers import (
     SCHEDULERS,
     DDIMInverseScheduler,
@@ -38,6 +38,7 @@ __all__ = [
     "Scheduler",
     "SchedulerState",
     "Thresholds",
+    "Trajectory",
     "__version__",
     "add_noise",
     "begin_index_for_strength",
@@ -51,4 +52,5 @@ __all__ = [
     "noise_schedule",
     "sample",
     "sharding",
+    "tqdm_progress",
 ]

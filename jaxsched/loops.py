@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +89,8 @@ def scan_step(
 
 
 def _scan_with_remat(body, carry, per_step, length: int, unroll: int, remat: Remat):
-    """``lax.scan(body, carry, per_step)``'s final carry, rematerialized for reverse mode.
+    """``lax.scan(body, carry, per_step)`` (its final carry and stacked outputs), rematerialized
+    for reverse mode.
 
     - ``None``: plain scan; the backward pass keeps every step's intermediates (the model's
       activations included), so its memory grows like ``N`` times one step's.
@@ -102,10 +103,10 @@ def _scan_with_remat(body, carry, per_step, length: int, unroll: int, remat: Rem
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
     if remat is None:
-        return lax.scan(body, carry, per_step, length=length, unroll=unroll)[0]
+        return lax.scan(body, carry, per_step, length=length, unroll=unroll)
     step = jax.checkpoint(body, prevent_cse=False)
     if remat == "step" or length < 4:
-        return lax.scan(step, carry, per_step, length=length, unroll=unroll)[0]
+        return lax.scan(step, carry, per_step, length=length, unroll=unroll)
     segment_length = math.isqrt(length)
     segments, rest = divmod(length, segment_length)
     split = segments * segment_length
@@ -115,11 +116,65 @@ def _scan_with_remat(body, carry, per_step, length: int, unroll: int, remat: Rem
 
     @jax.checkpoint
     def segment(carry, inputs):
-        return lax.scan(step, carry, inputs, length=segment_length, unroll=unroll)[0], None
+        return lax.scan(step, carry, inputs, length=segment_length, unroll=unroll)
 
-    carry = lax.scan(segment, carry, heads, length=segments)[0]
+    carry, head_ys = lax.scan(segment, carry, heads, length=segments)
     tails = jax.tree.map(lambda a: a[split:], per_step)
-    return lax.scan(step, carry, tails, length=rest, unroll=unroll)[0]
+    carry, tail_ys = lax.scan(step, carry, tails, length=rest, unroll=unroll)
+    ys = jax.tree.map(
+        lambda h, t: jnp.concatenate([h.reshape(split, *h.shape[2:]), t]), head_ys, tail_ys
+    )
+    return carry, ys
+
+
+class Trajectory(NamedTuple):
+    """Every step of a run, stacked along a leading step axis of length ``steps``.
+
+    Attributes:
+        samples: ``(steps, *shape)`` the sample after each step (the last is the result).
+        pred_original_samples: ``(steps, *shape)`` each step's x0 prediction.
+        timesteps: ``(steps,)`` the timestep the model was called with at each step.
+
+    ``steps`` is the number of steps the run took; inside ``jit`` with a traced state it is
+    ``N``, and the rows of iterations past the end repeat the final values.
+    """
+
+    samples: jax.Array
+    pred_original_samples: jax.Array
+    timesteps: jax.Array
+
+
+Progress = Callable[[int, int], Any]
+
+
+def _report_progress(progress: Progress, before: SchedulerState, after: SchedulerState) -> None:
+    """Call ``progress(steps done, N)`` on the host after a step that ran
+    (``jax.debug.callback``; a masked iteration past the end reports nothing)."""
+    n = after.num_inference_steps
+
+    def report(done, ran):
+        if ran:
+            progress(int(done), n)
+
+    jax.debug.callback(report, after.step_index, before.step_index < n, ordered=True)
+
+
+def tqdm_progress(**tqdm_kwargs: Any) -> Progress:
+    """A ``progress`` callback for :func:`sample` that draws a tqdm bar (tqdm is needed; it
+    ships with jaxsched's ``demo`` extra). A new bar starts whenever a run reports its first
+    step, so one callback serves many runs of a jitted sampler."""
+    from tqdm.auto import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, initial=done - 1, **{"unit": "step", **tqdm_kwargs})
+        bar["bar"].update(max(done - bar["bar"].n, 0))
+        if done >= total:
+            bar.pop("bar").close()
+
+    return update
 
 
 def sample(
@@ -131,10 +186,12 @@ def sample(
     key: jax.Array | None = None,
     noise: jax.Array | None = None,
     return_state: bool = False,
+    return_trajectory: bool = False,
+    progress: Progress | None = None,
     unroll: int | None = None,
     remat: Remat = None,
     **step_kwargs: Any,
-) -> jax.Array | tuple[SchedulerState, jax.Array]:
+) -> jax.Array | tuple:
     """Run the remaining steps of ``state`` from ``x`` with one ``lax.scan``.
 
     Works for every scheduler, forward or inverse: each step calls ``model_fn(x, t)`` with
@@ -153,6 +210,12 @@ def sample(
         key: for stochastic steps, split into one key per step.
         noise: for stochastic steps, the per-step noise ``(steps, *x.shape)`` instead of ``key``.
         return_state: also return the final state (its ``pred_original_sample`` etc.).
+        return_trajectory: also return a :class:`Trajectory`: every step's sample and x0
+            prediction, stacked (null-text inversion, editing, pictures). Off, the loop stores
+            nothing per step.
+        progress: ``progress(steps done, N)``, called on the host after every step through
+            ``jax.debug.callback`` (also under ``jit``); :func:`tqdm_progress` draws a bar.
+            ``None`` (the default) adds nothing to the compiled loop.
         unroll: steps per scan iteration; default ``scheduler.scan_unroll`` (1 for DDIM; 4 for
             the multistep solvers, where it lets XLA rotate the history buffers instead of
             copying them every step: about 2x faster on CPU, see ``benchmarks/``).
@@ -163,22 +226,34 @@ def sample(
             ``use_clipped_model_output``).
 
     Returns:
-        The final sample, or ``(state, sample)`` with ``return_state``.
+        The final sample; ``(state, sample)`` with ``return_state``; ``trajectory`` appended
+        with ``return_trajectory`` (``(sample, trajectory)`` or ``(state, sample,
+        trajectory)``).
     """
     check_scheduler("scheduler", scheduler)
     check_callable("model_fn", model_fn, "(x, t) -> model output", x, None)
     if unroll is not None:
         check_int("unroll", unroll, minimum=1)
+    if progress is not None:
+        check_callable("progress", progress, "(steps done, total) -> None", 1, 1)
     length, masked, per_step = scan_plan(scheduler, state, x, key, noise)
 
     def body(carry, step_inputs):
-        return scan_step(
-            scheduler, model_fn, carry, step_inputs, masked=masked, **step_kwargs
-        ), None
+        new = scan_step(scheduler, model_fn, carry, step_inputs, masked=masked, **step_kwargs)
+        if progress is not None:
+            _report_progress(progress, carry[0], new[0])
+        if not return_trajectory:
+            return new, None
+        state, x = new
+        t = carry[0].timesteps[jnp.minimum(carry[0].step_index, state.num_inference_steps - 1)]
+        return new, Trajectory(x, state.pred_original_sample, t)
 
     unroll = scheduler.scan_unroll if unroll is None else unroll
-    state, x = _scan_with_remat(body, (state, x), per_step, length, unroll, remat)
-    return (state, x) if return_state else x
+    (state, x), trajectory = _scan_with_remat(body, (state, x), per_step, length, unroll, remat)
+    result = (state, x) if return_state else (x,)
+    if return_trajectory:
+        result = (*result, trajectory)
+    return result if len(result) > 1 else x
 
 
 def begin_index_for_strength(scheduler: Scheduler, num_inference_steps: int, strength) -> int:

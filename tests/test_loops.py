@@ -354,3 +354,73 @@ def test_unrolled_scan_is_the_same_loop(steps):
     chex.assert_trees_all_close(jaxsched.sample(sched, state, model, x), plain, rtol=1e-6)
     traced = jax.jit(lambda s, x: jaxsched.sample(sched, s, model, x, unroll=3))(state, x)
     chex.assert_trees_all_close(traced, plain, rtol=1e-6)
+
+
+# -- per-step trajectories and progress ---------------------------------------------------------
+
+
+def stepwise_trajectory(sched, state, model_fn, x):
+    """The samples, x0 predictions and timesteps of an eager step loop from ``state``."""
+    samples, x0s, ts = [], [], []
+    for i in range(int(state.step_index), state.num_inference_steps):
+        t = state.timesteps[i]
+        state, x = sched.step(state, model_fn(x, t), t, x)
+        samples.append(x)
+        x0s.append(state.pred_original_sample)
+        ts.append(t)
+    return jaxsched.Trajectory(jnp.stack(samples), jnp.stack(x0s), jnp.stack(ts))
+
+
+@pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
+def test_trajectory_is_every_step_of_the_step_loop(name):
+    sched = jaxsched.SCHEDULERS[name]()
+    state = sched.init(9, SHAPE, begin_index=2)
+    x = jax.random.normal(jax.random.key(4), SHAPE)
+    expected = stepwise_trajectory(sched, state, toy_model, x)
+    out, trajectory = jaxsched.sample(sched, state, toy_model, x, return_trajectory=True)
+    chex.assert_trees_all_close(trajectory, expected, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(trajectory.samples[-1], out)
+    for remat in ("step", "sqrt"):
+        _, again = jaxsched.sample(sched, state, toy_model, x, return_trajectory=True, remat=remat)
+        chex.assert_trees_all_close(again, trajectory, rtol=1e-5, atol=1e-6)
+
+
+def test_trajectory_of_a_traced_state_has_n_rows_and_repeats_the_end():
+    sched = jaxsched.DPMSolverMultistepScheduler()
+    state = sched.init(6, SHAPE, begin_index=4)
+    x = jax.random.normal(jax.random.key(5), SHAPE)
+    _, concrete = jaxsched.sample(sched, state, toy_model, x, return_trajectory=True)
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, toy_model, x, return_trajectory=True))
+    _, traced = run(state, x)
+    assert traced.samples.shape == (6, *SHAPE) and concrete.samples.shape == (2, *SHAPE)
+    chex.assert_trees_all_close(traced.samples[:2], concrete.samples, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(traced.samples[2:], jnp.stack([concrete.samples[-1]] * 4))
+
+
+def test_progress_reports_every_step_in_order_and_costs_nothing_when_off():
+    sched = jaxsched.DEISMultistepScheduler()
+    state = sched.init(7, SHAPE)
+    x = jax.random.normal(jax.random.key(6), SHAPE)
+    seen = []
+    run = jax.jit(
+        lambda s, x: jaxsched.sample(
+            sched, s, toy_model, x, progress=lambda i, n: seen.append((i, n))
+        )
+    )
+    jax.block_until_ready(run(state, x))
+    assert seen == [(i, 7) for i in range(1, 8)]
+    seen.clear()
+    jax.block_until_ready(run(sched.init(7, SHAPE, begin_index=3), x))  # masked: 4 steps run
+    assert seen == [(i, 7) for i in range(4, 8)]
+    quiet = jax.make_jaxpr(lambda s, x: jaxsched.sample(sched, s, toy_model, x))(state, x)
+    assert "callback" not in str(quiet)
+
+
+def test_tqdm_progress_draws_one_bar_per_run(capsys):
+    sched = jaxsched.DDIMScheduler()
+    run = jax.jit(
+        lambda s, x: jaxsched.sample(sched, s, toy_model, x, progress=jaxsched.tqdm_progress())
+    )
+    for _ in range(2):
+        jax.block_until_ready(run(sched.init(5, SHAPE), jnp.zeros(SHAPE)))
+    assert capsys.readouterr().err.count("5/5") == 2
