@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import warnings
@@ -14,6 +15,7 @@ from jaxsched._checks import OptionTypeError
 from jaxsched.schedulers import SCHEDULERS
 from jaxsched.schedulers.base import CONFIG_NAME, Scheduler
 
+OPTIONS_FILE = "diffusers_scheduler_options.json"
 # Old diffusers configs of DDIMInverseScheduler call `set_alpha_to_one` by this name.
 _RENAMED_KEYS = {"DDIMInverseScheduler": {"set_alpha_to_zero": "set_alpha_to_one"}}
 
@@ -23,6 +25,8 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
     ``scheduler_config.json``."""
     if isinstance(source, Mapping):
         config = dict(source)
+        if "_class_name" not in config and hasattr(source, "scheduler_class"):
+            config["_class_name"] = source.scheduler_class  # a sched.config
         keys = [k for k in config if not isinstance(k, str)]
         if keys:
             raise OptionTypeError(f"config keys must be option names (str), got {keys[:4]}")
@@ -49,6 +53,8 @@ def _scheduler_class(cls: str | type[Scheduler] | None, config: Mapping[str, Any
     if isinstance(cls, type) and issubclass(cls, Scheduler):
         return cls
     name = cls if cls is not None else config.get("_class_name")
+    if name is None:
+        name = getattr(config, "scheduler_class", None)  # a SchedulerConfig (sched.config)
     if name is not None and not isinstance(name, str):
         source = "cls" if cls is not None else "_class_name"
         raise OptionTypeError(
@@ -62,6 +68,47 @@ def _scheduler_class(cls: str | type[Scheduler] | None, config: Mapping[str, Any
     return SCHEDULERS[name]
 
 
+@functools.cache
+def diffusers_scheduler_options() -> dict[str, frozenset[str]]:
+    """The constructor options of every diffusers scheduler class (diffusers 0.42.1), from the
+    table shipped with jaxsched (checked against diffusers by the tests)."""
+    record = json.loads(Path(__file__).with_name(OPTIONS_FILE).read_text())
+    return {name: frozenset(keys) for name, keys in record["schedulers"].items()}
+
+
+def _is_flow_matching(config: Mapping[str, Any]) -> bool:
+    """Whether a config describes a flow-matching model (rectified-flow levels, velocity)."""
+    return (
+        str(config.get("_class_name", "")).startswith("FlowMatch")
+        or config.get("prediction_type") == "flow_prediction"
+        or bool(config.get("use_flow_sigmas"))
+    )
+
+
+def _check_same_model(target: type[Scheduler], config: Mapping[str, Any], options: dict) -> None:
+    """A flow-matching config cannot mean the same thing in a variance-preserving scheduler:
+    the quiet result would sample another model. Raise unless the options ask for flow."""
+    if not _is_flow_matching(config):
+        return
+    flow_capable = any(f.name == "use_flow_sigmas" for f in dataclasses.fields(target))
+    if flow_capable and (
+        options.get("prediction_type") == "flow_prediction" or options.get("use_flow_sigmas")
+    ):
+        return
+    source = config.get("_class_name") or "this config"
+    hint = (
+        " (pass use_flow_sigmas=True, prediction_type='flow_prediction' and flow_shift, e.g. "
+        f"{target.__name__}.from_config(cfg, use_flow_sigmas=True, "
+        "prediction_type='flow_prediction', flow_shift=3.0))"
+        if flow_capable
+        else ""
+    )
+    raise ValueError(
+        f"{source} describes a flow-matching model (flow sigmas, velocity prediction), but "
+        f"{target.__name__} would run it as a variance-preserving one{hint}"
+    )
+
+
 def from_config(
     config: Mapping[str, Any] | str | os.PathLike, cls: str | type[Scheduler] | None = None
 ) -> Scheduler:
@@ -69,7 +116,11 @@ def from_config(
 
     ``cls`` (a class or class name) converts between schedulers, as diffusers'
     ``OtherScheduler.from_config(old.config)`` does; by default the config's ``_class_name``
-    is used. Keys the class does not use are ignored with one warning that lists them.
+    (or the class of a ``sched.config``) is used. As in diffusers, keys that are options of
+    another diffusers scheduler (a PNDM config's ``skip_prk_steps`` loaded into DDIM) are
+    dropped quietly; any other unknown key gives one warning that lists them. A flow-matching
+    config (SD3, Flux, Wan) loaded into a scheduler that would run it as a variance-preserving
+    model raises ``ValueError``.
     """
     config = load_config(config)
     target = _scheduler_class(cls, config)
@@ -80,10 +131,16 @@ def from_config(
             )
             config[new] = config.pop(old)  # the old key wins, as in diffusers' __init__
     names = {f.name for f in dataclasses.fields(target)}
-    unused = sorted(k for k in config if k not in names and not k.startswith("_"))
-    if unused:
+    options = {k: v for k, v in config.items() if k in names}
+    _check_same_model(target, config, options)
+    elsewhere = frozenset().union(*diffusers_scheduler_options().values())
+    unknown = sorted(
+        k for k in config if k not in names and not k.startswith("_") and k not in elsewhere
+    )
+    if unknown:
         warnings.warn(
-            f"{target.__name__} does not use the config keys {unused}; they are ignored",
+            f"{target.__name__} does not know the config keys {unknown} (no diffusers scheduler "
+            "has them); they are ignored",
             stacklevel=2,
         )
-    return target(**{k: v for k, v in config.items() if k in names})
+    return target(**options)

@@ -112,7 +112,7 @@ def test_from_diffusers_config_with_class_name(name, kwargs):
 def test_config_is_plain_dict_with_diffusers_keys():
     sched = jaxsched.DDIMScheduler(trained_betas=TRAINED_BETAS)
     config = sched.config
-    assert type(config) is dict
+    assert isinstance(config, dict) and json.loads(json.dumps(config)) == config
     assert isinstance(config["trained_betas"], list)
     assert config["trained_betas"] == [float(b) for b in TRAINED_BETAS]
     assert set(config) == set(_public(diffusers.DDIMScheduler().config))
@@ -124,18 +124,13 @@ def test_config_is_plain_dict_with_diffusers_keys():
 # -- unused keys -------------------------------------------------------------------------------
 
 
-def test_unused_keys_warn_once_when_converting():
+def test_keys_of_other_diffusers_schedulers_are_dropped_quietly_when_converting():
+    """As diffusers does: the inverse has no thresholding options, and says nothing."""
     config = diffusers.DDIMScheduler(
         thresholding=True, sample_max_value=3.0, steps_offset=1, clip_sample=False
     ).config
     sched, caught = _record(jaxsched.from_config, config, cls="DDIMInverseScheduler")
-    assert len(caught) == 1
-    message = str(caught[0].message)
-    for key in ("dynamic_thresholding_ratio", "sample_max_value", "thresholding"):
-        assert repr(key) in message
-    assert "DDIMInverseScheduler" in message
-    for used in ("steps_offset", "clip_sample", "_use_default_values"):
-        assert repr(used) not in message
+    assert not caught, [str(w.message) for w in caught]
     assert isinstance(sched, jaxsched.DDIMInverseScheduler)
     assert sched.steps_offset == 1
     assert sched.clip_sample is False
@@ -403,3 +398,190 @@ def test_pipeline_constants_match_diffusers(name):
     ours = getattr(jaxsched, name)()
     assert ours.init_noise_sigma == ref.init_noise_sigma
     assert ours.order == ref.order
+
+
+# -- interop with real model configs, class-style loading, files diffusers loads quietly -------
+
+# Modelled on the scheduler_config.json files that model repositories ship.
+MODEL_CONFIGS = {
+    "sd15_pndm": {
+        "_class_name": "PNDMScheduler",
+        "_diffusers_version": "0.6.0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+    },
+    "sdxl_euler": {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.19.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+    },
+    "if_ddpm": {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": "0.16.0.dev0",
+        "beta_end": 0.02,
+        "beta_schedule": "squaredcos_cap_v2",
+        "beta_start": 0.0001,
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+        "dynamic_thresholding_ratio": 0.95,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.5,
+        "steps_offset": 0,
+        "thresholding": True,
+        "trained_betas": None,
+        "variance_type": "learned_range",
+    },
+    "sd3_flow_match_euler": {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "_diffusers_version": "0.29.0.dev0",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+    },
+    "wan_unipc": {
+        "_class_name": "UniPCMultistepScheduler",
+        "_diffusers_version": "0.33.0.dev0",
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "disable_corrector": [],
+        "dynamic_thresholding_ratio": 0.995,
+        "final_sigmas_type": "zero",
+        "flow_shift": 3.0,
+        "lower_order_final": True,
+        "num_train_timesteps": 1000,
+        "predict_x0": True,
+        "prediction_type": "flow_prediction",
+        "rescale_betas_zero_snr": False,
+        "sample_max_value": 1.0,
+        "solver_order": 2,
+        "solver_p": None,
+        "solver_type": "bh2",
+        "steps_offset": 0,
+        "thresholding": False,
+        "timestep_spacing": "linspace",
+        "trained_betas": None,
+        "use_beta_sigmas": False,
+        "use_exponential_sigmas": False,
+        "use_flow_sigmas": True,
+        "use_karras_sigmas": False,
+    },
+}
+VP_CONFIGS = ["sd15_pndm", "sdxl_euler", "if_ddpm"]
+
+
+@pytest.mark.parametrize("model", VP_CONFIGS)
+@pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
+def test_model_configs_load_quietly_into_every_class(model, name):
+    """Keys of other diffusers schedulers (PNDM's skip_prk_steps, Euler's interpolation_type,
+    DDPM's variance_type) are dropped without a word, as diffusers drops them."""
+    sched, caught = _record(jaxsched.SCHEDULERS[name].from_config, MODEL_CONFIGS[model])
+    assert not caught, [str(w.message) for w in caught]
+    assert sched.beta_schedule == MODEL_CONFIGS[model]["beta_schedule"]
+    assert type(sched).__name__ == name
+
+
+def test_a_flow_matching_config_is_no_quietly_different_vp_sampler():
+    for model in ("sd3_flow_match_euler", "wan_unipc"):
+        with pytest.raises(ValueError, match="describes a flow-matching model"):
+            jaxsched.DDIMScheduler.from_config(MODEL_CONFIGS[model])
+    with pytest.raises(ValueError, match="use_flow_sigmas=True"):
+        jaxsched.DPMSolverMultistepScheduler.from_config(MODEL_CONFIGS["sd3_flow_match_euler"])
+    sched = jaxsched.DPMSolverMultistepScheduler.from_config(
+        MODEL_CONFIGS["sd3_flow_match_euler"],
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=3.0,
+    )
+    assert sched.use_flow_sigmas and sched.flow_shift == 3.0
+    wan, caught = _record(
+        jaxsched.DPMSolverMultistepScheduler.from_config, MODEL_CONFIGS["wan_unipc"]
+    )
+    assert not caught and wan.use_flow_sigmas and wan.prediction_type == "flow_prediction"
+
+
+def test_truly_unknown_keys_still_warn():
+    config = {**MODEL_CONFIGS["sd15_pndm"], "not_an_option": 1}
+    _, caught = _record(jaxsched.DDIMScheduler.from_config, config)
+    assert len(caught) == 1 and "['not_an_option']" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
+def test_class_style_from_config_round_trips_and_takes_overrides(name):
+    cls = jaxsched.SCHEDULERS[name]
+    sched = cls(steps_offset=1, beta_schedule="scaled_linear")
+    assert cls.from_config(sched.config) == sched
+    assert jaxsched.from_config(sched.config) == sched  # no _class_name needed
+    assert cls.from_config(sched.config, steps_offset=2) == sched.replace(steps_offset=2)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        jaxsched.DDIMScheduler(thresholding=True, clip_sample=False),
+        jaxsched.DDIMInverseScheduler(steps_offset=1),
+        jaxsched.DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True),
+        jaxsched.DPMSolverMultistepInverseScheduler(),
+        jaxsched.DEISMultistepScheduler(use_exponential_sigmas=True),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_save_config_writes_a_file_diffusers_loads_without_warnings(sched, tmp_path):
+    """Extension options at their defaults are left out of the file (diffusers would warn
+    about them as unexpected keys)."""
+    import logging
+
+    path = sched.save_config(tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cls = getattr(diffusers, type(sched).__name__)
+            loaded = cls.from_config(cls.load_config(str(path.parent)))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if r.levelno >= logging.WARNING], records
+    _assert_same_config(
+        {k: v for k, v in sched.config.items() if k not in sched.extension_options},
+        loaded.config,
+    )
+
+
+def test_the_shipped_table_of_diffusers_options_is_diffusers_own():
+    import inspect
+
+    from jaxsched.config import diffusers_scheduler_options
+
+    table = diffusers_scheduler_options()
+    for name, keys in table.items():
+        params = inspect.signature(getattr(diffusers, name).__init__).parameters
+        own = {
+            k
+            for k, p in params.items()
+            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+        assert keys == own, name

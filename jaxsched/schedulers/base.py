@@ -36,6 +36,18 @@ from jaxsched.schedules import (
 from jaxsched.state import Origin, SchedulerState, Thresholds
 
 CONFIG_NAME = "scheduler_config.json"
+#: The diffusers release whose options, defaults and numbers jaxsched reproduces.
+DIFFUSERS_VERSION = "0.42.1"
+
+
+class SchedulerConfig(dict):
+    """A scheduler's options (a plain ``dict``) that also remembers the class they belong to,
+    ``scheduler_class``, as diffusers' in-memory ``scheduler.config`` does without a
+    ``_class_name`` key."""
+
+    def __init__(self, scheduler_class: str):
+        super().__init__()
+        self.scheduler_class = scheduler_class
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,6 +82,8 @@ class Scheduler:
     walks_toward_noise: ClassVar[bool] = False
     #: Options with no meaning in the other direction: ``inverse()`` drops them silently.
     direction_only_options: ClassVar[tuple[str, ...]] = ()
+    #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
+    extension_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -103,16 +117,40 @@ class Scheduler:
     # -- configuration ---------------------------------------------------------------------
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The configuration as a plain dict with diffusers' keys."""
-        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def config(self) -> SchedulerConfig:
+        """The configuration as a plain dict with diffusers' keys (a :class:`SchedulerConfig`,
+        which also remembers its class, so ``jaxsched.from_config(sched.config)`` needs no
+        ``_class_name``)."""
+        config = SchedulerConfig(type(self).__name__)
+        config.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if config["trained_betas"] is not None:
             config["trained_betas"] = list(config["trained_betas"])
         return config
 
     def to_config(self) -> dict[str, Any]:
-        """The config plus ``_class_name``, as diffusers writes ``scheduler_config.json``."""
-        return {"_class_name": type(self).__name__, **self.config}
+        """The config as diffusers writes ``scheduler_config.json``: ``_class_name`` and the
+        diffusers version whose options these are, then every option, less jaxsched's extension
+        options where they are at their defaults (so diffusers loads it without warnings)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        options = {
+            k: v
+            for k, v in self.config.items()
+            if k not in self.extension_options or v != defaults[k]
+        }
+        return {
+            "_class_name": type(self).__name__,
+            "_diffusers_version": DIFFUSERS_VERSION,
+            **options,
+        }
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> Scheduler:
+        """This class from a diffusers config (dict, JSON file or model directory), options in
+        ``overrides`` replacing the config's: diffusers' ``DDIMScheduler.from_config(cfg,
+        timestep_spacing="trailing")``. See :func:`jaxsched.from_config`."""
+        from jaxsched.config import from_config, load_config
+
+        return from_config({**load_config(config), **overrides}, cls=cls)
 
     def save_config(self, path: str | os.PathLike) -> Path:
         """Write ``to_config()`` as JSON; a directory gets ``scheduler_config.json`` inside."""

@@ -142,8 +142,6 @@ class MultistepScheduler(Scheduler):
     repeat_final_sigma: ClassVar[bool] = True
     #: Whether a forward grid may end at sigma = 0 (the noise-form DPM-Solver may not).
     ends_at_zero_sigma_ok: ClassVar[bool] = True
-    #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
-    extension_options: ClassVar[tuple[str, ...]] = ()
     #: Four steps per scan iteration: XLA then rotates the history buffers through the unrolled
     #: body instead of copying each one every step (measured about 2x on CPU).
     scan_unroll: ClassVar[int] = 4
