@@ -87,7 +87,10 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"jaxsched demo: 8x8 digits, {jax.default_backend()}; writing to {args.out}/")
     metrics = run_demo(args.out, weights=weights, seed=args.seed)
     print(format_table(metrics))
-    print(f"wrote {args.out}/samples.png, {args.out}/inversion.png, {args.out}/metrics.json")
+    print(
+        f"wrote {args.out}/samples.png, {args.out}/inversion.png, {args.out}/trajectory.png, "
+        f"{args.out}/metrics.json"
+    )
 
 
 def _train(args: argparse.Namespace) -> Path:

@@ -47,6 +47,8 @@ def test_demo_writes_pictures_metrics_and_a_table(demo_run):
         assert samples.size[1] == 2 * len(SAMPLERS) * 34
     with Image.open(out / "inversion.png") as inversion:
         assert inversion.size[1] == 3 * 2 * len(INVERTED) * 34
+    with Image.open(out / "trajectory.png") as trajectory:  # 4 trajectories, 3 img2img rows
+        assert trajectory.size[1] == (4 + 3) * 34
 
 
 def test_samples_look_like_digits(demo_run):

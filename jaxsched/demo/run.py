@@ -104,6 +104,43 @@ def inversion_rows(model, originals, step_counts, repeats):
     return rows, pictures
 
 
+def trajectory_rows(model, noise, originals, steps: int = 25, strength: float = 0.5):
+    """Pictures of two workflows: the x0 prediction of every step of a DPM-Solver++ 2M run
+    (``return_trajectory``, with a progress bar), and img2img edits of held-out digits at
+    ``strength`` (``begin_index``), with the originals above them."""
+    from jaxsched.loops import tqdm_progress
+
+    sched = jaxsched.DPMSolverMultistepScheduler()
+    starts = noise[:4]
+    _, trajectory = jaxsched.sample(
+        sched,
+        sched.init(steps, starts.shape),
+        model,
+        starts,
+        return_trajectory=True,
+        progress=tqdm_progress(desc=f"trajectory (DPM-Solver++ 2M, {steps} steps)", leave=False),
+    )
+    rows = [
+        (f"sample {i}: x0 at each step", to_pixels(trajectory.pred_original_samples[:, i]))
+        for i in range(len(starts))
+    ]
+    begin = jaxsched.begin_index_for_strength(sched, steps, strength)
+    state = sched.init(steps, originals.shape, begin_index=begin)
+    noisy = sched.add_noise(
+        state,
+        originals,
+        jax.random.normal(jax.random.key(1), originals.shape),
+        state.timesteps[begin],
+    )
+    edited = jaxsched.sample(sched, state, model, noisy)
+    rows += [
+        ("img2img: original", to_pixels(originals)),
+        (f"  strength {strength}: noised", to_pixels(noisy)),
+        (f"  edited ({steps - begin} of {steps} steps)", to_pixels(edited)),
+    ]
+    return rows
+
+
 def _grid_image(rows: Sequence[tuple[str, np.ndarray]]):
     """A labelled picture: one row of digits per ``(label, uint8 images (k, 8, 8))``."""
     from PIL import Image, ImageDraw
@@ -169,6 +206,7 @@ def run_demo(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_pictures(out, sample_pictures, originals, inversion_pictures)
+    _grid_image(trajectory_rows(model, noise, originals)).save(out / "trajectory.png")
     return metrics
 
 
