@@ -117,10 +117,10 @@ def from_config(
     ``cls`` (a class or class name) converts between schedulers, as diffusers'
     ``OtherScheduler.from_config(old.config)`` does; by default the config's ``_class_name``
     (or the class of a ``sched.config``) is used. As in diffusers, keys that are options of
-    another diffusers scheduler (a PNDM config's ``skip_prk_steps`` loaded into DDIM) are
-    dropped quietly; any other unknown key gives one warning that lists them. A flow-matching
-    config (SD3, Flux, Wan) loaded into a scheduler that would run it as a variance-preserving
-    model raises ``ValueError``.
+    another diffusers scheduler (a PNDM config's ``skip_prk_steps`` loaded into DDIM), or
+    jaxsched extension options of another class, are dropped quietly; any other unknown key
+    gives one warning that lists them. A flow-matching config (SD3, Flux, Wan) loaded into a
+    scheduler that would run it as a variance-preserving model raises ``ValueError``.
     """
     config = load_config(config)
     target = _scheduler_class(cls, config)
@@ -133,14 +133,15 @@ def from_config(
     names = {f.name for f in dataclasses.fields(target)}
     options = {k: v for k, v in config.items() if k in names}
     _check_same_model(target, config, options)
-    elsewhere = frozenset().union(*diffusers_scheduler_options().values())
+    extensions = (option for other in SCHEDULERS.values() for option in other.extension_options)
+    elsewhere = frozenset().union(*diffusers_scheduler_options().values(), extensions)
     unknown = sorted(
         k for k in config if k not in names and not k.startswith("_") and k not in elsewhere
     )
     if unknown:
         warnings.warn(
-            f"{target.__name__} does not know the config keys {unknown} (no diffusers scheduler "
-            "has them); they are ignored",
+            f"{target.__name__} does not know the config keys {unknown} (no diffusers or "
+            "jaxsched scheduler has them); they are ignored",
             stacklevel=2,
         )
     return target(**options)

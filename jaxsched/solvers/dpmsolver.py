@@ -51,12 +51,15 @@ def _noise_form_terms(algorithm_type: str, solver_type: str, sigma_t, reach, h, 
 
     ODE: integrals of ``e^{h - tau}`` against ``1, tau / h, (tau / h)^2``; the SDE variant has
     twice the ODE weights (DPM-Solver++, Appendix B, "SDE-DPM-Solver"). ``k2`` is halved as in
-    diffusers unless ``exact``. ``sigma_t e^h`` is written as ``reach = alpha_t sigma_s /
-    alpha_s`` (``e^lambda = alpha / sigma``), so a step to ``sigma_t = 0`` (``h = inf``) has the
-    finite limit of every weight instead of ``0 * inf``.
+    diffusers unless ``exact``. For ``h > 0`` ``sigma_t e^h`` is written as ``reach = alpha_t
+    sigma_s / alpha_s`` (``e^lambda = alpha / sigma``), so a step to ``sigma_t = 0`` (``h =
+    inf``) has the finite limit of every weight instead of ``0 * inf``; an inverse step from
+    ``sigma_s = 0`` (``h = -inf``) keeps ``sigma_t (e^h - 1) = -sigma_t``.
     """
     factor = 2.0 if algorithm_type.startswith("sde") else 1.0
-    growth = -reach * jnp.expm1(-h)  # sigma_t (e^h - 1)
+    # sigma_t (e^h - 1) in the form finite at each end: h = inf (sigma_t = 0, sampling) and
+    # h = -inf (sigma_s = 0, inverting from the data)
+    growth = jnp.where(h > 0, -reach * jnp.expm1(-jnp.abs(h)), sigma_t * jnp.expm1(-jnp.abs(h)))
     k0 = -factor * growth
     heun = -factor * (growth / h - sigma_t)
     k1_second = heun if solver_type == "heun" else 0.5 * k0
