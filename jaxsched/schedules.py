@@ -119,7 +119,9 @@ def _concrete_rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     first, last = sqrt_abar[0], sqrt_abar[-1]
     sqrt_abar = (sqrt_abar - last) * (first / (first - last))
     abar = sqrt_abar**2
-    return 1 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.where(abar[:-1] > 0, abar[1:] / abar[:-1], 0.0)  # 0 / 0 after an underflow
+    return 1 - np.concatenate([abar[:1], ratios.astype(abar.dtype)])
 
 
 def _concrete_schedule(
@@ -148,12 +150,16 @@ def rescale_zero_terminal_snr(betas: jax.Array) -> jax.Array:
 
     Lin et al. (2023), "Common Diffusion Noise Schedules and Sample Steps are Flawed",
     Algorithm 1: shift and scale ``sqrt(alphas_cumprod)`` so it runs from its first value to 0.
+    Where ``alphas_cumprod`` underflowed to 0 before the end, the betas there are 1 (the level
+    stays 0) instead of ``0 / 0``.
     """
     sqrt_abar = jnp.sqrt(jnp.cumprod(1.0 - betas))
     first, last = sqrt_abar[0], sqrt_abar[-1]
     sqrt_abar = (sqrt_abar - last) * (first / (first - last))
     abar = sqrt_abar**2
-    alphas = jnp.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    previous = abar[:-1]
+    ratios = jnp.where(previous > 0, abar[1:] / jnp.where(previous > 0, previous, 1.0), 0.0)
+    alphas = jnp.concatenate([abar[:1], ratios])
     return 1.0 - alphas
 
 

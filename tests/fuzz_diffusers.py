@@ -172,6 +172,8 @@ CONDITION_TAGS = {
     "step_to_zero_sigma": "the failing step ends at sigma = 0",
     "sample_vs_step_loop": "jaxsched.sample disagrees with jaxsched's step loop",
     "fuzzer_error": "the fuzzer itself raised",
+    "model_output_nonfinite": "the harness's model returned NaN/inf (e.g. diffusers' own table "
+    "is NaN), which jaxsched refuses as input",
 }
 
 
@@ -840,6 +842,9 @@ def _classify(case: Case, run: Run, tags: list[str]) -> Result:
             return Result(case, "both_reject", tags, step=_first_bad(theirs), message=message)
         return Result(case, "jaxsched_rejects", tags, message=run.j_reject)
     if ours.error_step is not None:
+        if "model_output has non-finite values" in ours.error:  # the harness's model gave NaN
+            tags = [*tags, "model_output_nonfinite"]
+            return Result(case, "both_nonfinite", tags, step=ours.error_step, message=ours.error)
         return Result(case, "jaxsched_fails", tags, step=ours.error_step, message=ours.error)
     if run.sample_problem:
         tags = [*tags, "sample_vs_step_loop"]
