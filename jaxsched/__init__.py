@@ -5,7 +5,10 @@ A scheduler is a frozen configuration; ``init`` builds an immutable :class:`Sche
 under one ``lax.scan``.
 """
 
-from jaxsched import learned_grid, sharding
+import importlib
+from typing import Any
+
+from jaxsched import grids, sharding
 from jaxsched.config import from_config, load_config
 from jaxsched.debug import checked
 from jaxsched.inversion import InversionInfo, exact_invert
@@ -20,13 +23,26 @@ from jaxsched.schedulers import (
     DPMSolverMultistepScheduler,
     Scheduler,
 )
+from jaxsched.schedulers.base import Capabilities
 from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity, noise_schedule
 from jaxsched.state import SchedulerState, Thresholds
 
 __version__ = "0.1.0"
 
+#: Parts with heavier dependencies (optax, flax) or test-only ones (scipy), imported on first
+#: use so ``import jaxsched`` loads JAX and NumPy only.
+_LAZY = ("analytic", "demo", "guidance", "learned_grid", "nn")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"jaxsched.{name}")
+    raise AttributeError(f"module 'jaxsched' has no attribute {name!r}")
+
+
 __all__ = [
     "SCHEDULERS",
+    "Capabilities",
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DEISMultistepInverseScheduler",
@@ -46,6 +62,7 @@ __all__ = [
     "exact_invert",
     "from_config",
     "get_velocity",
+    "grids",
     "invert",
     "learned_grid",
     "load_config",

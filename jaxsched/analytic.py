@@ -119,9 +119,7 @@ def sample_at_grid_levels(scheduler, num_inference_steps: int, mixture: Gaussian
     Returns:
         The final sample ``(B, D)`` and the ``(N + 1,)`` sigma grid.
     """
-    _, sigmas = scheduler.sigma_grid(
-        scheduler.noise_schedule(), num_inference_steps, None, scheduler.flow_shift
-    )
+    sigmas = scheduler.grid(num_inference_steps).sigmas
     levels = 1.0 / (1.0 + jnp.asarray(sigmas)[:num_inference_steps] ** 2)
 
     def body(carry, abar):

@@ -49,17 +49,17 @@ ACCELERATIONS = (None, "anderson")
 def check_one_step_forward(scheduler: Scheduler) -> None:
     """Exact inversion needs a deterministic forward scheduler whose step uses the current
     model output only; raises ``ValueError`` naming the option otherwise."""
-    name = type(scheduler).__name__
-    if name.endswith("InverseScheduler"):
+    name, capabilities = type(scheduler).__name__, scheduler.capabilities
+    if capabilities.direction != "to_data":
         raise ValueError(f"pass the forward scheduler to invert, not {name}")
-    if getattr(scheduler, "solver_order", 1) != 1:
+    if capabilities.history:
         raise ValueError(
-            f"exact inversion needs a one-step solver (solver_order=1), got "
-            f"solver_order={scheduler.solver_order}: a multistep step's history lies on the "
-            "noisier side, which inversion has not reached yet"
+            f"exact inversion needs a one-step solver (solver_order=1), but {name}'s steps use "
+            f"{capabilities.history} previous model output(s): a multistep step's history lies "
+            "on the noisier side, which inversion has not reached yet"
         )
-    if getattr(scheduler, "algorithm_type", "").startswith("sde"):
-        raise ValueError(f"a stochastic sampler ({scheduler.algorithm_type}) has no inverse")
+    if capabilities.stochastic:
+        raise ValueError(f"a stochastic sampler ({name} with these options) has no inverse")
 
 
 def _per_sample_dot(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -34,7 +34,7 @@ from jaxsched._checks import (
     concrete_value,
     real_array,
 )
-from jaxsched.grids import check_sigma_grid, karras_sigmas
+from jaxsched.grids.sigmas import check_sigma_grid, karras_sigmas
 from jaxsched.loops import ModelFn, sample
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedules import NoiseSchedule
@@ -70,12 +70,13 @@ class LearnedGrid(NamedTuple):
 
 def grid_ends(scheduler: Scheduler, schedule: NoiseSchedule | None = None) -> GridEnds:
     """:class:`GridEnds` of ``scheduler`` (a forward, variance-preserving one) on its schedule."""
-    if scheduler.walks_toward_noise:
+    capabilities = scheduler.capabilities
+    if capabilities.direction != "to_data":
         raise ValueError(
             f"learn a grid for the forward scheduler, not {type(scheduler).__name__}; invert with "
             "the learned grid reversed"
         )
-    if getattr(scheduler, "use_flow_sigmas", False):
+    if capabilities.levels != "vp":
         raise ValueError("learned grids are variance-preserving sigma grids; use_flow_sigmas=True")
     abar = scheduler.noise_schedule(schedule).alphas_cumprod
     train_sigmas = jnp.sqrt((1.0 - abar) / abar)
@@ -86,10 +87,7 @@ def grid_ends(scheduler: Scheduler, schedule: NoiseSchedule | None = None) -> Gr
             "a learned grid needs 0 < sigma_min and a finite sigma_max (no zero-terminal-SNR "
             "schedule, beta_start > 0)"
         )
-    ends_at_zero = getattr(scheduler, "final_sigmas_type", "sigma_min") == "zero" or getattr(
-        scheduler, "set_alpha_to_one", False
-    )
-    final = jnp.zeros_like(sigma_min) if ends_at_zero else sigma_min
+    final = jnp.zeros_like(sigma_min) if capabilities.final_sigma == "zero" else sigma_min
     return GridEnds(sigma_max=sigma_max, sigma_min=sigma_min, final_sigma=final)
 
 
@@ -178,8 +176,8 @@ def learn_sigmas(
         A :class:`LearnedGrid`.
     """
     check_scheduler("scheduler", scheduler)
-    if getattr(scheduler, "algorithm_type", "").startswith("sde"):
-        raise ValueError(f"a stochastic sampler ({scheduler.algorithm_type}) has no fixed target")
+    if scheduler.capabilities.stochastic:
+        raise ValueError(f"a stochastic sampler ({type(scheduler).__name__}) has no fixed target")
     check_callable("model_fn", model_fn, "(x, t) -> model output", x_T, None)
     check_int("num_inference_steps", num_inference_steps, minimum=1)
     check_int("reference_steps", reference_steps, minimum=1)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxsched._checks import check_callable, check_float, check_int, check_scheduler
-from jaxsched.schedulers.base import Scheduler, check_not_finished, check_state
+from jaxsched.schedulers.base import Scheduler
+from jaxsched.schedulers.checks import check_not_finished, check_state
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.state import SchedulerState
 
@@ -292,7 +293,7 @@ def invert(
     ``kwargs`` go to :func:`sample`.
     """
     check_scheduler("scheduler", scheduler)
-    if scheduler.walks_toward_noise:
+    if scheduler.capabilities.direction == "to_noise":
         raise ValueError(
             "invert takes the forward scheduler whose run it undoes, got "
             f"{type(scheduler).__name__}; pass {scheduler.inverse_class_name}, or sample with "

@@ -182,7 +182,7 @@ def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
     else:  # a float64 grid may round a timestep the other way; both call the model at ref's t
         np.testing.assert_array_less(np.abs(ours_t - ref_t), 2)
         schedule = sched.noise_schedule()
-        _, sigmas = sched.sigma_grid(schedule, num_inference_steps, None, sched.flow_shift)
+        sigmas = sched.grid(num_inference_steps).sigmas
         ref.sigmas = torch.from_numpy(np.array(sigmas))
         abar = np.asarray(schedule.alphas_cumprod)
     rng = np.random.default_rng(seed)
@@ -217,13 +217,13 @@ def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
             **({"noise": jnp.asarray(z)} if sde else {}),
         )
         x_ref = ref_out.prev_sample
-        if state.history:
-            ours_m = np.asarray(state.history[0])
+        if state.history.outputs:
+            ours_m = np.asarray(state.history.outputs[0])
         elif sched.algorithm_type.endswith("++"):
             ours_m = np.asarray(state.pred_original_sample)
         else:
             ours_m = None
-        alpha = float(state.coefficients.alpha[i])
+        alpha = float(state.coefficients.convert_alpha[i])
         yield i, np.asarray(x_ours), x_ref.numpy(), ours_m, ref.model_outputs[-1].numpy(), alpha
 
 

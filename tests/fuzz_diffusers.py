@@ -478,11 +478,11 @@ def _jaxsched_converted(sched, state, i: int):
     DPM-Solver++, eps for noise-form DPM-Solver and DEIS (``None`` where the state keeps none)."""
     c = state.coefficients
     if isinstance(sched, jaxsched.DDIMScheduler | jaxsched.DDIMInverseScheduler):
-        return np.asarray(state.pred_original_sample), float(c.alpha_from[i])
-    alpha, sigma = float(c.alpha[i]), float(c.sigma[i])
+        return np.asarray(state.pred_original_sample), float(c.start.alpha[i])
+    alpha, sigma = float(c.convert_alpha[i]), float(c.convert_sigma[i])
     data = getattr(sched, "algorithm_type", "").endswith("++")
-    if state.history:
-        m = np.asarray(state.history[0])
+    if state.history.outputs:
+        m = np.asarray(state.history.outputs[0])
     elif data:
         m = np.asarray(state.pred_original_sample)
     else:
@@ -494,8 +494,8 @@ def _start_level(sched, state, i: int) -> tuple[float, float]:
     """``(alpha, sigma)`` of the level step ``i`` starts from (the conversion scales)."""
     c = state.coefficients
     if isinstance(sched, jaxsched.DDIMScheduler | jaxsched.DDIMInverseScheduler):
-        return float(c.alpha_from[i]), float(c.sigma_from[i])
-    return float(c.alpha[i]), float(c.sigma[i])
+        return float(c.start.alpha[i]), float(c.start.sigma[i])
+    return float(c.convert_alpha[i]), float(c.convert_sigma[i])
 
 
 def _step_kwargs(case: Case) -> dict[str, Any]:

@@ -20,8 +20,7 @@ STEPS = (50, 100, 200)
 
 
 def _grid_lambdas(sched, n):
-    _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, sched.flow_shift)
-    return -np.log(np.asarray(sigmas, np.float64))
+    return -np.log(np.asarray(sched.grid(n).sigmas, np.float64))
 
 
 def _fitted_order(errors) -> float:

@@ -187,9 +187,9 @@ def test_weights_integrate_polynomials_in_log_rho_exactly(order, log_rho_s0, gap
         def eps(ell):
             return (ell - 0.3) ** degree
 
-        got = sum(float(w[0]) * eps(v) for w, v in zip(weights[1:4], nodes, strict=True))
+        got = sum(float(w) * eps(v) for w, v in zip(weights.outputs[0], nodes, strict=True))
         exact, _ = quad(lambda ell: eps(ell) * math.exp(ell), log_rho_s0, log_t, epsabs=1e-13)
-        assert float(weights.a[0]) == 1.0
+        assert float(weights.samples[0, 0]) == 1.0
         np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-12)
 
 
@@ -209,6 +209,12 @@ def _diffusers_third_order_weights(rho_t, rho_s0, rho_s1, rho_s2):
     ]
 
 
+def _weights_on(sched, sigmas):
+    """The DEIS weights of a chained grid over ``sigmas`` (model timesteps unused)."""
+    grid = jaxsched.grids.chained(jnp.zeros(sigmas.shape[0] - 1), jaxsched.grids.vp_levels(sigmas))
+    return sched.solver.tables(grid, 0).weights
+
+
 def test_float32_weights_keep_their_precision_where_diffusers_cancel():
     """On the same float32 grid of 500 steps, diffusers' float32 third-order weights are off by
     percent; jaxsched's float32 weights are within 1e-4 of the exact (float64) ones (measured
@@ -216,19 +222,18 @@ def test_float32_weights_keep_their_precision_where_diffusers_cancel():
     the history terms; their sum, which multiplies the smooth part of eps, is exact)."""
     sched = jaxsched.DEISMultistepScheduler(solver_order=3)
     with jax.enable_x64(True):
-        _, sigmas = sched.sigma_grid(sched.noise_schedule(), 500, None, 1.0)
-        rho = np.asarray(sigmas, np.float32)
-        exact = jax.tree.map(np.asarray, sched.coefficients(jnp.asarray(rho, jnp.float64)).weights)
-    ours = sched.coefficients(jnp.asarray(rho)).weights
-    assert ours.b0.dtype == jnp.float32
-    scale = np.abs(exact.b0)
-    for name in ("b0", "b1", "b2"):
-        error = np.abs(np.asarray(getattr(ours, name), np.float64) - getattr(exact, name))
-        assert np.max(error / scale) < 1e-4, name
+        rho = np.asarray(sched.grid(500).sigmas, np.float32)
+        exact = jax.tree.map(np.asarray, _weights_on(sched, jnp.asarray(rho, jnp.float64)))
+    ours = _weights_on(sched, jnp.asarray(rho))
+    assert ours.outputs.dtype == jnp.float32
+    scale = np.abs(exact.outputs[:, 0])
+    for k in range(3):
+        error = np.abs(np.asarray(ours.outputs[:, k], np.float64) - exact.outputs[:, k])
+        assert np.max(error / scale) < 1e-4, k
     i = 250  # a third-order step in the middle of the run
     theirs = _diffusers_third_order_weights(rho[i + 1], rho[i], rho[i - 1], rho[i - 2])
     alpha_t = 1.0 / math.sqrt(1.0 + float(rho[i + 1]) ** 2)
-    relative = abs(alpha_t * float(theirs[0]) - exact.b0[i]) / abs(exact.b0[i])
+    relative = abs(alpha_t * float(theirs[0]) - exact.outputs[i, 0]) / abs(exact.outputs[i, 0])
     assert relative > 1e-2, relative  # measured 2e-1
 
 
@@ -244,7 +249,7 @@ def test_float32_third_order_keeps_converging_where_diffusers_diverges():
         mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
         x = np.asarray(jax.random.normal(jax.random.key(1), (64, 16), jnp.float64))
         sched = jaxsched.DEISMultistepScheduler(solver_order=3, **SD)
-        _, sigmas = sched.sigma_grid(sched.noise_schedule(), n, None, 1.0)
+        sigmas = np.asarray(sched.grid(n).sigmas)
         exact = probability_flow(mixture, x, -np.log(sigmas[0]), -np.log(sigmas[-1]))
         best = jaxsched.sample(
             sched,
@@ -319,13 +324,13 @@ def test_repeated_final_sigma_is_reproduced_and_can_be_fixed(spacing):
     assert float(ref.sigmas[-1]) == float(ref.sigmas[-2])  # diffusers' wasted last call
     default = jaxsched.DEISMultistepScheduler(**config).init(12, SHAPE)
     weights = default.coefficients.weights
-    assert float(weights.a[-1]) == 1.0 and float(weights.b0[-1]) == 0.0
+    assert float(weights.samples[-1, 0]) == 1.0 and float(weights.outputs[-1, 0]) == 0.0
     fixed_sched = jaxsched.DEISMultistepScheduler(**config, repeat_final_sigma=False)
-    _, sigmas = fixed_sched.sigma_grid(fixed_sched.noise_schedule(), 12, None, 1.0)
+    sigmas = fixed_sched.grid(12).sigmas
     assert bool(jnp.all(jnp.diff(sigmas) < 0))  # every step moves
     fixed = fixed_sched.init(12, SHAPE)
     assert fixed.num_inference_steps == 12
-    assert not np.any(np.asarray(fixed.coefficients.weights.b0) == 0.0)
+    assert not np.any(np.asarray(fixed.coefficients.weights.outputs[:, 0]) == 0.0)
     if spacing != "use_flow_sigmas":  # both end at the smallest training sigma
         np.testing.assert_allclose(float(sigmas[-1]), float(ref.sigmas[-1]), rtol=1e-6)
 
@@ -367,8 +372,8 @@ def test_fix_gives_the_next_step_count_for_one_model_call_less(spacing):
 def test_inverse_walks_the_dpm_solver_inverse_grid(config):
     deis = jaxsched.DEISMultistepInverseScheduler(**config)
     dpm = jaxsched.DPMSolverMultistepInverseScheduler(**config)
-    ours = deis.sigma_grid(deis.noise_schedule(), 17, None, deis.flow_shift)
-    theirs = dpm.sigma_grid(dpm.noise_schedule(), 17, None, dpm.flow_shift)
+    ours = deis.grid(17)
+    theirs = dpm.grid(17)
     chex.assert_trees_all_equal(ours, theirs)
 
 
@@ -425,7 +430,7 @@ def test_custom_timesteps_are_an_extension():
     sched = jaxsched.DEISMultistepScheduler()
     state = sched.init(None, SHAPE, timesteps=custom)
     np.testing.assert_array_equal(state.timesteps, custom)
-    _, sigmas = sched.sigma_grid(sched.noise_schedule(), None, custom, 1.0)
+    sigmas = sched.grid(timesteps=custom).sigmas
     train = np.sqrt(
         (1 - sched.noise_schedule().alphas_cumprod) / sched.noise_schedule().alphas_cumprod
     )

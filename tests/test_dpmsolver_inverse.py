@@ -130,7 +130,7 @@ def test_zero_length_last_step_is_a_no_op_not_nan():
     assert torch.isnan(x).all()
     sched, out = _invert(config, 20, jnp.ones((1, 2)))
     weights = sched.init(20, (1, 2)).coefficients.weights
-    assert float(weights.a[-1]) == 1.0 and float(weights.b0[-1]) == 0.0
+    assert float(weights.samples[-1, 0]) == 1.0 and float(weights.outputs[-1, 0]) == 0.0
     assert bool(jnp.isfinite(out).all())
 
 
@@ -144,7 +144,9 @@ def test_flow_sigmas_ascend_toward_noise():
     forward = jaxsched.DPMSolverMultistepScheduler(**config).init(10, SHAPE)
     np.testing.assert_array_equal(state.timesteps, ref.timesteps.numpy()[::-1])
     assert bool(jnp.all(jnp.diff(state.timesteps) > 0))
-    np.testing.assert_allclose(state.coefficients.sigma, forward.coefficients.sigma[::-1])
+    np.testing.assert_allclose(
+        state.coefficients.start.sigma, forward.coefficients.start.sigma[::-1]
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

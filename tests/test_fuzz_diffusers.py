@@ -53,7 +53,7 @@ def test_the_fuzzer_catches_a_perturbed_or_broken_step(monkeypatch):
     """A step off by 1e-3, or NaN, is a mismatch or a failure (the harness can fail)."""
     case = draw_case("DDIMScheduler", SEED, 0)
     assert run_case(case).category == "match"
-    from jaxsched.schedulers import ddim
+    from jaxsched.solvers import ddim
 
     update = ddim.ddim_update
 

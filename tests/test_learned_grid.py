@@ -27,12 +27,7 @@ MIXTURE = random_mixture(jax.random.key(0), num_components=8, dim=16)
 def _builtin_sigmas(sched, state):
     """The sigma grid a built-in ``state`` walks: the levels of its DDIM tables, or the
     multistep grid."""
-    if isinstance(sched, jaxsched.schedulers.ddim._DDIMBase):
-        c = state.coefficients
-        levels = jnp.concatenate([c.alpha_from[:1] ** 2, 1.0 - c.sigma_to_sq])
-        return jnp.sqrt((1.0 - levels) / levels)
-    _, sigmas = sched.sigma_grid(sched._schedule_for_grid(None), state.num_inference_steps, None, 1)
-    return sigmas
+    return sched.grid(state.num_inference_steps).sigmas
 
 
 BUILTIN = {

@@ -275,10 +275,10 @@ def test_x64_runs_float64_end_to_end():
     with jax.enable_x64(True):
         sched = jaxsched.DDIMScheduler(**SD)
         state = sched.init(5, SHAPE)
-        assert state.coefficients.alpha_from.dtype == jnp.float64
+        assert state.coefficients.start.alpha.dtype == jnp.float64
         assert state.pred_original_sample.dtype == jnp.float64
         stale = sched.init(5, SHAPE, schedule=jaxsched.noise_schedule(dtype=jnp.float32))
-        assert stale.coefficients.alpha_from.dtype == jnp.float64
+        assert stale.coefficients.start.alpha.dtype == jnp.float64
         x = jnp.ones(SHAPE, jnp.float64)
         state, x = sched.step(state, toy_model(x, state.timesteps[0]), state.timesteps[0], x)
         assert x.dtype == jnp.float64 and state.pred_original_sample.dtype == jnp.float64
@@ -288,7 +288,7 @@ def test_low_precision_schedule_is_promoted_to_float32_tables():
     sched = jaxsched.DDIMScheduler()
     low = jaxsched.noise_schedule(dtype=jnp.bfloat16)
     state = sched.init(5, SHAPE, schedule=low)
-    assert state.coefficients.alpha_from.dtype == jnp.float32
+    assert state.coefficients.start.alpha.dtype == jnp.float32
     assert state.schedule.alphas_cumprod.dtype == jnp.float32
 
 

@@ -110,7 +110,9 @@ def test_scan_jit_and_vmap_agree_with_eager_steps(sched):
     run = jax.jit(lambda s, x: jaxsched.sample(sched, s, model, x, return_state=True, **kwargs))
     final_state, scanned = run(state, x)
     chex.assert_trees_all_close(scanned, eager, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(final_state, eager_state, rtol=1e-5, atol=1e-5)
+    # x0 = (x - sigma eps) / alpha: at an inverse run's noisiest level 1 / alpha (~14 here)
+    # amplifies the rounding differences of the fused and the eager step.
+    chex.assert_trees_all_close(final_state, eager_state, rtol=1e-4, atol=1e-4)
     both = jax.vmap(lambda x: jaxsched.sample(sched, state, model, x, **kwargs))(jnp.stack([x, x]))
     chex.assert_trees_all_close(both[1], eager, rtol=1e-5, atol=1e-5)
 

@@ -70,5 +70,5 @@ def test_a_scalar_timestep_and_low_precision_samples():
     x0 = jnp.ones((2, 3), jnp.bfloat16)
     out = sched.add_noise(state, x0, jnp.zeros_like(x0), state.timesteps[4])
     assert out.dtype == jnp.bfloat16 and out.shape == (2, 3)
-    alpha = state.coefficients.alpha[4]
+    alpha = state.coefficients.start.alpha[4]
     np.testing.assert_allclose(np.asarray(out, np.float32), float(alpha), rtol=1e-2)

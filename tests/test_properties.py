@@ -21,7 +21,7 @@ import jaxsched
 
 SHAPE = (2, 4)
 ALL = tuple(jaxsched.SCHEDULERS.values())
-FORWARD = tuple(cls for cls in ALL if not cls.walks_toward_noise)
+FORWARD = tuple(cls for cls in ALL if cls.direction == "to_data")
 SIGMA_SPACINGS = (
     "use_karras_sigmas",
     "use_exponential_sigmas",

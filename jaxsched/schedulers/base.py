@@ -1,5 +1,12 @@
-"""What every scheduler shares: a frozen diffusers-style config, its noise schedule, and the
-bookkeeping of a step (input checks, table-row gathering, advancing the state)."""
+"""What every scheduler shares, written once: a frozen diffusers-style config, its declared
+capabilities, and ``init`` / ``step`` / ``add_noise`` over the family's grid and solver.
+
+A scheduler class is an options class: its fields are diffusers' keyword arguments, and it
+says three things, each in one method: which training levels it uses
+(:meth:`Scheduler.training_schedule`), which step grid its options describe
+(:meth:`Scheduler.build_grid`, from :mod:`jaxsched.grids`) and which solver value runs its
+update (:attr:`Scheduler.solver`, from :mod:`jaxsched.solvers`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,10 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import checkify
 
 from jaxsched._checks import (
@@ -26,14 +32,32 @@ from jaxsched._checks import (
     plain_python,
     real_array,
 )
+from jaxsched.grids.levels import Grid
+from jaxsched.schedulers.checks import (
+    advance,
+    check_begin_index,
+    check_built_state,
+    check_init_dtype,
+    check_init_shape,
+    check_schedule_values,
+    check_state,
+    check_step_inputs,
+    current_row,
+    resolve_noise,
+)
 from jaxsched.schedules import (
     BETA_SCHEDULES,
     NoiseSchedule,
+    add_noise,
+    check_noising_inputs,
+    check_timesteps_type,
     compute_dtype,
     default_float_dtype,
     noise_schedule,
+    noised,
 )
-from jaxsched.state import Origin, SchedulerState, Thresholds
+from jaxsched.solvers.base import Solver
+from jaxsched.state import Origin, SchedulerState
 
 CONFIG_NAME = "scheduler_config.json"
 #: The diffusers release whose options, defaults and numbers jaxsched reproduces.
@@ -50,9 +74,32 @@ class SchedulerConfig(dict):
         self.scheduler_class = scheduler_class
 
 
+class Capabilities(NamedTuple):
+    """What a configured scheduler can do, declared instead of guessed from its name.
+
+    Attributes:
+        direction: ``"to_data"`` (sampling) or ``"to_noise"`` (inversion).
+        model_calls_per_step: diffusers' ``order``: how many ``step`` calls (model calls) one
+            step of the method takes (2 for Heun-type schedulers).
+        history: how many previous model outputs a step uses (0 for one-step solvers, which
+            :func:`jaxsched.exact_invert` can invert exactly).
+        stochastic: whether a step draws noise with these options and the default step
+            arguments (DDIM's ``eta = 0``: no; an ``sde-*`` DPM-Solver: yes).
+        final_sigma: the grid sigma a forward run ends at, ``"zero"`` or ``"sigma_min"``.
+        levels: ``"vp"`` (variance preserving) or ``"flow"`` (flow matching) grid sigmas.
+    """
+
+    direction: Literal["to_data", "to_noise"]
+    model_calls_per_step: int
+    history: int
+    stochastic: bool
+    final_sigma: Literal["zero", "sigma_min"]
+    levels: Literal["vp", "flow"]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Scheduler:
-    """Base of every scheduler: the training noise schedule's options.
+    """Base of every scheduler class.
 
     Subclasses are frozen dataclasses whose fields are exactly the diffusers keyword arguments,
     with diffusers' defaults. Instances are hashable, so ``jax.jit(sched.step)`` caches per
@@ -60,26 +107,22 @@ class Scheduler:
     """
 
     num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
 
-    # diffusers options some classes lack; classes that have them override these with fields.
-    rescale_betas_zero_snr: ClassVar[bool] = False
-    clip_sample_range: ClassVar[float] = 1.0
-    dynamic_thresholding_ratio: ClassVar[float] = 0.995
-    sample_max_value: ClassVar[float] = 1.0
     #: Name of the scheduler ``inverse()`` returns.
     inverse_class_name: ClassVar[str]
-    #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).
-    init_noise_sigma: ClassVar[float] = 1.0
+    #: ``"to_data"`` (sampling) or ``"to_noise"`` (inversion).
+    direction: ClassVar[str] = "to_data"
     #: Model calls per step (diffusers' ``order``; 1 for every multistep scheduler too).
     order: ClassVar[int] = 1
+    #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).
+    init_noise_sigma: ClassVar[float] = 1.0
+    #: Keyword arguments of ``step`` beyond ``key`` / ``noise``, with their defaults.
+    step_params: ClassVar[dict[str, Any]] = {}
+    #: ``add_noise`` noises to the training level of ``t`` (``"training"``) or to the grid level
+    #: the run calls the model at ``t`` with (``"grid"``), as diffusers' class does.
+    add_noise_levels: ClassVar[str] = "grid"
     #: Steps per ``lax.scan`` iteration in :func:`jaxsched.sample` (a compiled-loop detail).
     scan_unroll: ClassVar[int] = 1
-    #: Whether the run goes from data to noise (the inverse schedulers).
-    walks_toward_noise: ClassVar[bool] = False
     #: Options with no meaning in the other direction: ``inverse()`` drops them silently.
     direction_only_options: ClassVar[tuple[str, ...]] = ()
     #: Options jaxsched adds to diffusers' (opt-in fixes; defaults reproduce diffusers).
@@ -88,33 +131,51 @@ class Scheduler:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, plain_python(getattr(self, field.name)))
-        if self.trained_betas is not None:
-            betas = real_array("trained_betas", self.trained_betas)
-            object.__setattr__(self, "trained_betas", tuple(betas.ravel().tolist()))
-            if betas.ndim != 1:
-                raise ValueError(f"trained_betas must be 1-D, got shape {betas.shape}")
+        self._normalize()
         self._validate()
+
+    def _normalize(self) -> None:
+        """Bring options to their canonical form before validation (subclasses extend it)."""
 
     def _validate(self) -> None:
         """Check every option; subclasses extend it. Raises ``ValueError`` / ``TypeError``."""
         check_int("num_train_timesteps", self.num_train_timesteps, minimum=1)
-        if self.trained_betas is None:
-            check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        elif not isinstance(self.beta_schedule, str):  # diffusers ignores it beside trained_betas
-            raise OptionTypeError(f"beta_schedule must be a str, got {self.beta_schedule!r}")
-        check_float("beta_start", self.beta_start, low=0.0, high=1.0, high_open=True)
-        check_float("beta_end", self.beta_end, low=0.0, high=1.0, high_open=True)
-        check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)
-        if self.trained_betas is not None:
-            if not all(0 <= b < 1 for b in self.trained_betas):
-                raise ValueError("trained_betas must be a 1-D sequence of values in [0, 1)")
-            if len(self.trained_betas) != self.num_train_timesteps:
-                raise ValueError(
-                    f"trained_betas has {len(self.trained_betas)} entries but "
-                    f"num_train_timesteps={self.num_train_timesteps}"
-                )
 
-    # -- configuration ---------------------------------------------------------------------
+    # -- what a family says ----------------------------------------------------------------------
+
+    @property
+    def solver(self) -> Solver:
+        """The solver value that runs this configuration's update (per family)."""
+        raise NotImplementedError
+
+    def training_schedule(self, schedule=None):
+        """The run's training levels: ``schedule`` checked, or the config's (per family)."""
+        raise NotImplementedError
+
+    def build_grid(self, schedule, num_inference_steps, *, timesteps, sigmas, mu) -> Grid:
+        """The run's :class:`~jaxsched.grids.levels.Grid` over the training levels (per
+        class)."""
+        raise NotImplementedError
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this configuration does (see :class:`Capabilities`)."""
+        return Capabilities(
+            direction=self.direction,
+            model_calls_per_step=self.order,
+            history=self.solver.history,
+            stochastic=self.solver.stochastic(self.step_params),
+            final_sigma=self._final_sigma(),
+            levels=self._levels_kind(),
+        )
+
+    def _final_sigma(self) -> str:
+        return "zero"
+
+    def _levels_kind(self) -> str:
+        return "vp"
+
+    # -- configuration ---------------------------------------------------------------------------
 
     @property
     def config(self) -> SchedulerConfig:
@@ -122,9 +183,9 @@ class Scheduler:
         which also remembers its class, so ``jaxsched.from_config(sched.config)`` needs no
         ``_class_name``)."""
         config = SchedulerConfig(type(self).__name__)
-        config.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        if config["trained_betas"] is not None:
-            config["trained_betas"] = list(config["trained_betas"])
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            config[f.name] = list(value) if isinstance(value, tuple) else value
         return config
 
     def to_config(self) -> dict[str, Any]:
@@ -194,7 +255,256 @@ class Scheduler:
         """Options ``inverse()`` must set beyond the shared ones for the result to be valid."""
         return {}
 
-    # -- shared pieces of init and step --------------------------------------------------------
+    # -- init, step, add_noise: once for every family --------------------------------------------
+
+    def check_num_inference_steps(self, num_inference_steps: int) -> None:
+        check_int("num_inference_steps", num_inference_steps, minimum=1)
+        if num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} cannot exceed "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+
+    def _check_grid_arguments(self, num_inference_steps, timesteps, sigmas) -> None:
+        """Exactly one of the three ways to give a grid; the step count checked when it is the
+        one (or when none is given, so ``init(None, ...)`` names ``num_inference_steps``)."""
+        given = {"timesteps": timesteps, "sigmas": sigmas}
+        custom = [name for name, value in given.items() if value is not None]
+        if len(custom) > 1 or (custom and num_inference_steps is not None):
+            raise ValueError(f"pass exactly one of num_inference_steps, {', '.join(given)}")
+        if not custom:
+            self.check_num_inference_steps(num_inference_steps)
+
+    def grid(
+        self,
+        num_inference_steps: int | None = None,
+        schedule=None,
+        *,
+        timesteps=None,
+        sigmas=None,
+        mu=None,
+    ) -> Grid:
+        """The :class:`~jaxsched.grids.levels.Grid` a run with these arguments steps over (the
+        same arguments as :meth:`init`; pure, and traceable in the schedule and sigmas)."""
+        self._check_grid_arguments(num_inference_steps, timesteps, sigmas)
+        return self.build_grid(
+            self.training_schedule(schedule),
+            num_inference_steps,
+            timesteps=timesteps,
+            sigmas=sigmas,
+            mu=mu,
+        )
+
+    def init(
+        self,
+        num_inference_steps: int | None,
+        shape: tuple[int, ...],
+        dtype=None,
+        schedule=None,
+        *,
+        timesteps=None,
+        sigmas=None,
+        mu=None,
+        begin_index: int | None = None,
+    ) -> SchedulerState:
+        """The state of an ``N``-step run on samples of ``shape`` and ``dtype``.
+
+        Args:
+            num_inference_steps: ``N``; ``None`` when ``timesteps`` or ``sigmas`` are given.
+            shape, dtype: of the samples (dtype defaults to float32, float64 with x64).
+            schedule: replaces the config's training levels (a :func:`jaxsched.noise_schedule`;
+                may be traced, so ``jax.vmap(lambda s: sched.init(N, shape, schedule=s))``
+                batches schedules).
+            timesteps: custom descending integer timesteps (the multistep forward classes).
+            sigmas: a custom ``(N + 1,)`` grid of grid sigmas (may be traced, e.g. a learned
+                grid): descending for sampling (its last value the final sigma, which may be
+                0), ascending for inversion. The model is then called at continuous timesteps.
+            mu: with ``use_dynamic_shifting``, the flow shift is ``exp(mu)`` (may be traced).
+            begin_index: start the run at this step (img2img; diffusers' ``set_begin_index``):
+                ``step_index`` starts there, a multistep solver warms up from there (its first
+                step is first order), ``lower_order_final`` still counts all ``N`` steps, and
+                :meth:`add_noise` uses the current step's level.
+        """
+        shape = check_init_shape(shape)
+        dtype = check_init_dtype(dtype)
+        schedule = self.training_schedule(schedule)
+        self._check_grid_arguments(num_inference_steps, timesteps, sigmas)
+        grid = self.build_grid(
+            schedule, num_inference_steps, timesteps=timesteps, sigmas=sigmas, mu=mu
+        )
+        start = check_begin_index(begin_index, grid.timesteps.shape[0])
+        solver = self.solver
+        state = SchedulerState(
+            timesteps=grid.timesteps,
+            step_index=jnp.asarray(start, jnp.int32),
+            coefficients=solver.tables(grid, start),
+            schedule=schedule,
+            thresholds=solver.thresholds(grid.start.alpha.dtype),
+            pred_original_sample=jnp.zeros(shape, dtype),
+            history=solver.initial_history(shape, dtype),
+            origin=Origin(self),
+            begin_index=None if begin_index is None else jnp.asarray(start, jnp.int32),
+        )
+        check_built_state(self, state, "" if mu is None else f", mu={mu!r}")
+        return state
+
+    def check_step_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This class's ``step`` keyword arguments with their defaults filled in; a
+        ``TypeError`` naming any it does not take."""
+        unknown = sorted(set(params) - set(self.step_params))
+        if unknown:
+            allowed = sorted(self.step_params) or "none besides key and noise"
+            raise OptionTypeError(
+                f"{type(self).__name__}.step takes no argument(s) {unknown}; its step options "
+                f"are {allowed}"
+            )
+        return {**self.step_params, **params}
+
+    def prepare_model_output(self, model_output, x):
+        """The model output the update uses (a family may drop extra channels)."""
+        return model_output
+
+    def step(
+        self,
+        state: SchedulerState,
+        model_output: jax.Array,
+        t,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        noise: jax.Array | None = None,
+        **params: Any,
+    ) -> tuple[SchedulerState, jax.Array]:
+        """One step: ``(state, x_t) -> (next state, the next sample)``.
+
+        Args:
+            state: from :meth:`init`; its ``step_index`` says which step this is.
+            model_output: the model's output at ``(x, t)``, shaped like ``x``.
+            t: ``state.timesteps[state.step_index]`` (checked when concrete).
+            x: the current sample ``(batch, ...)``.
+            key: PRNG key for the noise of a stochastic step.
+            noise: the standard normal noise itself (instead of ``key``).
+            **params: the class's step options (``step_params``; DDIM's ``eta`` and
+                ``use_clipped_model_output``).
+
+        Returns:
+            ``(state, x_next)``; ``state.pred_original_sample`` holds this step's x0.
+        """
+        params = self.check_step_params(params)
+        model_output = self.prepare_model_output(model_output, x)
+        check_step_inputs(self, state, model_output, t, x)
+        self.check_step_values(params)
+        solver = self.solver
+        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        noise = resolve_noise(solver.stochastic(params), key, noise, jnp.shape(x), dtype)
+        history = jax.tree.map(lambda m: m.astype(dtype), state.history)
+        x_next, x0, history = solver.update(
+            current_row(state.coefficients, state.step_index),
+            jnp.asarray(x).astype(dtype),
+            jnp.asarray(model_output).astype(dtype),
+            history,
+            noise,
+            state.thresholds,
+            params,
+        )
+        history = jax.tree.map(lambda m, old: m.astype(old.dtype), history, state.history)
+        return advance(state, x0, history=history), x_next.astype(jnp.result_type(x))
+
+    def check_step_values(self, params: dict[str, Any]) -> None:
+        """Check the values of the step options (per class; none by default)."""
+
+    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
+        """``x`` unchanged: these schedulers need no input scaling (kept for interchangeability
+        with diffusers pipelines, which call it before the model)."""
+        check_state(self, state)
+        return x
+
+    def add_noise(self, state: SchedulerState, original_samples, noise, timesteps) -> jax.Array:
+        """``alpha x0 + sigma noise`` at the level of each timestep, as this diffusers class
+        does: the training level of ``t`` (``add_noise_levels="training"``, DDIM), or the grid
+        level the run calls the model at ``t`` with (``"grid"``). There, without a
+        ``begin_index``, each of the ``(B,)`` (or scalar) ``timesteps`` is looked up in
+        ``state.timesteps`` (:func:`lookup_timesteps`); a state built with
+        ``init(begin_index=...)`` uses the level of its current step for every timestep
+        (before the run: the begin index, img2img; during it: the step, inpainting). Computed
+        in at least float32 and returned in the samples' dtype; jittable."""
+        check_state(self, state)
+        check_timesteps_type(timesteps)
+        check_noising_inputs(original_samples, noise, timesteps)
+        if self.add_noise_levels == "training":
+            return add_noise(state.schedule, original_samples, noise, timesteps)
+        self._check_grid_timestep_range(timesteps)
+        if state.begin_index is None:
+            index = lookup_timesteps(state.timesteps, timesteps)
+        else:
+            index = jnp.broadcast_to(state.step_index, jnp.shape(jnp.ravel(timesteps)))
+        level = jax.tree.map(lambda table: table[index], state.coefficients.start)
+        table_dtype = state.schedule.alphas_cumprod.dtype
+        return noised(original_samples, noise, level.alpha, level.sigma, table_dtype)
+
+    def _check_grid_timestep_range(self, timesteps) -> None:
+        """Timesteps must be training timesteps: ``0..T-1`` (``0..T`` for flow sigmas, whose
+        timestep is ``sigma * T``); raises when concrete, a debug check when traced."""
+        top = self.num_train_timesteps - (0 if self._levels_kind() == "flow" else 1)
+        t = jnp.asarray(timesteps)
+        known = concrete_value(timesteps)
+        if known is None:
+            checkify.debug_check(
+                jnp.all((t >= 0) & (t <= top)), f"timesteps must lie in 0..{top}, got {{}}", t
+            )
+        elif not ((known >= 0) & (known <= top)).all():
+            raise ValueError(f"timesteps must lie in 0..{top}, got {known.ravel().tolist()[:8]}")
+
+
+def lookup_timesteps(grid: jax.Array, timesteps) -> jax.Array:
+    """The position of each of ``timesteps`` ``(B,)`` (or a scalar) in ``grid`` ``(N,)`` as
+    diffusers' ``index_for_timestep`` finds it: the second match when a timestep repeats, the
+    last step when it is missing. A comparison, not a search, so it is jittable."""
+    matches = jnp.reshape(jnp.asarray(timesteps), (-1, 1)) == grid[None, :]
+    first = jnp.argmax(matches, axis=1)
+    second = jnp.argmax(matches.at[jnp.arange(matches.shape[0]), first].set(False), axis=1)
+    count = jnp.sum(matches, axis=1)
+    return jnp.where(count == 0, grid.shape[0] - 1, jnp.where(count > 1, second, first))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VPScheduler(Scheduler):
+    """A scheduler over a variance-preserving training schedule: betas -> alphas_cumprod
+    (:mod:`jaxsched.schedules.vp`)."""
+
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+
+    #: Classes whose diffusers counterpart has the option override this with a field.
+    rescale_betas_zero_snr: ClassVar[bool] = False
+
+    def _normalize(self) -> None:
+        super()._normalize()
+        if self.trained_betas is not None:
+            betas = real_array("trained_betas", self.trained_betas)
+            object.__setattr__(self, "trained_betas", tuple(betas.ravel().tolist()))
+            if betas.ndim != 1:
+                raise ValueError(f"trained_betas must be 1-D, got shape {betas.shape}")
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.trained_betas is None:
+            check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        elif not isinstance(self.beta_schedule, str):  # diffusers ignores it beside trained_betas
+            raise OptionTypeError(f"beta_schedule must be a str, got {self.beta_schedule!r}")
+        check_float("beta_start", self.beta_start, low=0.0, high=1.0, high_open=True)
+        check_float("beta_end", self.beta_end, low=0.0, high=1.0, high_open=True)
+        check_bool("rescale_betas_zero_snr", self.rescale_betas_zero_snr)
+        if self.trained_betas is not None:
+            if not all(0 <= b < 1 for b in self.trained_betas):
+                raise ValueError("trained_betas must be a 1-D sequence of values in [0, 1)")
+            if len(self.trained_betas) != self.num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas has {len(self.trained_betas)} entries but "
+                    f"num_train_timesteps={self.num_train_timesteps}"
+                )
 
     def noise_schedule(self, schedule: NoiseSchedule | None = None) -> NoiseSchedule:
         """``schedule`` after checking it fits, or the one the config describes.
@@ -226,329 +536,6 @@ class Scheduler:
         dtype = compute_dtype(schedule.alphas_cumprod.dtype, default_float_dtype())
         return jax.tree.map(lambda table: jnp.asarray(table, dtype), schedule)
 
-    def scale_model_input(self, state: SchedulerState, x: jax.Array, t=None) -> jax.Array:
-        """``x`` unchanged: these schedulers need no input scaling (kept for interchangeability
-        with diffusers pipelines, which call it before the model)."""
-        check_state(self, state)
-        return x
-
-    def thresholds(self, dtype) -> Thresholds:
-        """The x0 limits of the config as traced scalars of ``dtype``."""
-        return Thresholds(
-            clip_sample_range=jnp.asarray(self.clip_sample_range, dtype),
-            dynamic_thresholding_ratio=jnp.asarray(self.dynamic_thresholding_ratio, dtype),
-            sample_max_value=jnp.asarray(self.sample_max_value, dtype),
-        )
-
-    def check_num_inference_steps(self, num_inference_steps: int) -> None:
-        check_int("num_inference_steps", num_inference_steps, minimum=1)
-        if num_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} cannot exceed "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
-
-
-def check_schedule_values(schedule: NoiseSchedule) -> None:
-    """A given schedule's betas and ``alphas_cumprod`` lie in ``[0, 1]`` (so NaN fails too):
-    raises naming ``schedule`` when concrete, a debug check when traced."""
-    for name in ("betas", "alphas_cumprod"):
-        table = getattr(schedule, name)
-        known = concrete_value(table)
-        if known is None:
-            checkify.debug_check(
-                jnp.all((table >= 0) & (table <= 1)),
-                f"schedule.{name} must lie in [0, 1] (finite), got {{}}..{{}}",
-                jnp.min(table),
-                jnp.max(table),
-            )
-        elif not np.all((known >= 0) & (known <= 1)):
-            raise ValueError(
-                f"schedule.{name} must lie in [0, 1] (finite), got {np.nanmin(known)}.."
-                f"{np.nanmax(known)}{' and NaN' if np.isnan(known).any() else ''}"
-            )
-
-
-def check_begin_index(begin_index: Any, num_steps: int) -> int:
-    """The step a run begins at: ``0`` when ``None``, else an int in ``0 .. N - 1``."""
-    if begin_index is None:
-        return 0
-    check_int("begin_index", begin_index)
-    if not 0 <= begin_index < num_steps:
-        raise ValueError(
-            f"begin_index must lie in 0..{num_steps - 1} (a step of the {num_steps}-step run), "
-            f"got {begin_index}"
-        )
-    return int(begin_index)
-
-
-def check_init_shape(shape: Any) -> tuple[int, ...]:
-    """The sample shape of a run as a tuple of ints >= 0; raises naming ``shape`` otherwise."""
-    valid = isinstance(shape, (tuple, list)) and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
-    )
-    if not valid:
-        raise OptionTypeError(f"shape must be a tuple of ints, e.g. x.shape, got {shape!r}")
-    if any(d < 0 for d in shape):
-        raise ValueError(f"shape must have sizes >= 0, got {tuple(shape)}")
-    return tuple(int(d) for d in shape)
-
-
-def _non_default_options(scheduler: Scheduler) -> str:
-    """``name=value`` of the options that differ from their defaults (the likely culprits)."""
-    changed = [
-        f"{f.name}={getattr(scheduler, f.name)!r}"
-        for f in dataclasses.fields(scheduler)
-        if f.name != "trained_betas" and getattr(scheduler, f.name) != f.default
-    ]
-    if scheduler.trained_betas is not None:
-        changed.append("trained_betas=[...]")
-    return ", ".join(changed) or "all defaults"
-
-
-def check_built_state(scheduler: Scheduler, state: SchedulerState, given: str = "") -> None:
-    """Check what ``init`` derived from valid-looking options: timesteps finite and in
-    ``0..T`` and every per-step table finite. Raises ``ValueError`` naming the options (and
-    ``given`` init arguments) when the tables are concrete; a debug check when traced.
-
-    Valid options can still derive garbage: a karras grid on a schedule that underflows, a flow
-    shift so large every sigma rounds to 1, a ``mu`` far outside the usual range.
-    """
-    limit = scheduler.num_train_timesteps
-    timesteps = state.timesteps
-    leaves = jax.tree.leaves(state.coefficients)
-    ts_known = concrete_value(timesteps)
-    known = [concrete_value(leaf) for leaf in leaves]
-    if ts_known is None or any(k is None for k in known):
-        good_ts = jnp.all(jnp.isfinite(timesteps) & (timesteps >= 0) & (timesteps <= limit))
-        good_tables = jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-        checkify.debug_check(good_ts, f"init derived timesteps outside 0..{limit}: {{}}", timesteps)
-        checkify.debug_check(good_tables, "init derived non-finite step tables")
-        return
-    culprits = f"options: {_non_default_options(scheduler)}{given}"
-    with np.errstate(invalid="ignore"):
-        bad_ts = ~np.isfinite(ts_known) | (ts_known < 0) | (ts_known > limit)
-    if bad_ts.any():
-        raise ValueError(
-            f"these options give timesteps outside 0..{limit} at step(s) "
-            f"{np.flatnonzero(bad_ts)[:8].tolist()} ({ts_known[bad_ts][:4].tolist()}); {culprits}"
-        )
-    bad_rows = np.zeros(len(ts_known), bool)
-    for value in known:
-        bad_rows |= ~np.isfinite(value).reshape(len(ts_known), -1).all(axis=1)
-    if bad_rows.any():
-        raise ValueError(
-            f"these options give a grid whose step tables are not finite at step(s) "
-            f"{np.flatnonzero(bad_rows)[:8].tolist()} of {len(ts_known)}; {culprits}"
-        )
-
-
-def check_init_dtype(dtype) -> jnp.dtype:
-    """The sample dtype of a run: ``dtype``, or float32 (float64 with x64) when ``None``."""
-    try:
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-    except TypeError as err:
-        raise OptionTypeError(
-            f"dtype must be a floating-point dtype such as jnp.float32, got {dtype!r}"
-        ) from err
-    check_floating_dtype("dtype", dtype)
-    return dtype
-
-
-def check_not_finished(state: SchedulerState) -> np.ndarray | None:
-    """Check the run has steps left and ``step_index`` is not negative: raise when it is concrete,
-    a debug check when it is traced. Returns the concrete index, ``None`` when traced."""
-    n = state.num_inference_steps
-    index = concrete_value(state.step_index)
-    if index is None:
-        checkify.debug_check(
-            state.step_index < n,
-            f"the state has already taken all {n} steps (step_index {{}})",
-            state.step_index,
-        )
-        checkify.debug_check(
-            state.step_index >= 0, "step_index must be >= 0, got {}", state.step_index
-        )
-    elif index >= n:
-        raise ValueError(f"the state has already taken all {n} steps; call init for a new run")
-    elif index < 0:
-        raise ValueError(f"step_index must be >= 0 (and below N = {n}), got {int(index)}")
-    return index
-
-
-def check_state(scheduler: Scheduler, state: Any) -> None:
-    """Check ``state`` is a :class:`SchedulerState` built by ``scheduler``'s ``init`` (an equal
-    configuration): a state of another class or configuration has other tables and history.
-
-    Raises:
-        TypeError: ``state`` is not a ``SchedulerState``.
-        ValueError: it was built by another scheduler, or not by an ``init``.
-    """
-    name = type(scheduler).__name__
-    if not isinstance(state, SchedulerState):
-        raise OptionTypeError(
-            f"state must be the SchedulerState that {name}.init built, got {type(state).__name__}"
-        )
-    if not isinstance(state.origin, Origin):
-        raise ValueError(
-            f"this state was not built by a scheduler's init (its origin is {state.origin!r}); "
-            f"build it with {name}.init(...)"
-        )
-    builder = state.origin.scheduler
-    if builder is scheduler or builder == scheduler:
-        return
-    if type(builder) is not type(scheduler):
-        raise ValueError(
-            f"this state was built by {type(builder).__name__}.init; {name} needs a state from "
-            f"its own init (the tables and history differ)"
-        )
-    ours, theirs = scheduler.config, builder.config
-    differing = [k for k in ours if ours[k] != theirs.get(k)]
-    shown = ", ".join(f"{k}={theirs.get(k)!r} (this scheduler: {ours[k]!r})" for k in differing[:4])
-    raise ValueError(
-        f"this state was built by a {name} with other options: {shown}; build the state with "
-        "this scheduler's init"
-    )
-
-
-def check_thresholds(thresholds: Thresholds) -> None:
-    """Check the traced x0 limits a state carries (they may be swept through ``_replace``):
-    ``clip_sample_range > 0``, ``dynamic_thresholding_ratio`` in ``[0, 1]``,
-    ``sample_max_value > 0``; raises when concrete, a debug check when traced."""
-    if not isinstance(thresholds, Thresholds):
-        raise OptionTypeError(
-            f"state.thresholds must be a jaxsched.Thresholds, got {type(thresholds).__name__}"
-        )
-    rules = (
-        ("clip_sample_range", lambda v: v > 0, "be > 0"),
-        ("dynamic_thresholding_ratio", lambda v: (v >= 0) & (v <= 1), "lie in [0, 1]"),
-        ("sample_max_value", lambda v: v > 0, "be > 0"),
-    )
-    for name, holds, allowed in rules:
-        value = getattr(thresholds, name)
-        known = concrete_value(value)
-        if known is None:
-            checkify.debug_check(
-                holds(value), f"thresholds.{name} must be {allowed}, got {{}}", value
-            )
-        elif np.ndim(known) != 0 or not holds(known):
-            raise ValueError(f"thresholds.{name} must {allowed} (a scalar), got {known}")
-
-
-def check_finite_array(name: str, value: Any, step_index: jax.Array) -> None:
-    """``value`` is a floating-point array with finite values: a ``TypeError`` for a non-array
-    or another dtype, a ``ValueError`` for concrete NaN/inf, a debug check where traced."""
-    if value is None or isinstance(value, (str, bytes, tuple, list, dict)):
-        raise OptionTypeError(f"{name} must be an array, got a {type(value).__name__}")
-    check_floating_dtype(name, jnp.result_type(value))
-    known = concrete_value(value)
-    if known is None:
-        checkify.debug_check(
-            jnp.all(jnp.isfinite(value)), f"{name} has non-finite values at step {{}}", step_index
-        )
-    elif not np.all(np.isfinite(known)):
-        index = concrete_value(step_index)
-        where = "" if index is None or np.ndim(index) else f" at step {int(index)}"
-        raise ValueError(f"{name} has non-finite values (NaN or inf){where}")
-
-
-def check_timestep_type(t: Any) -> None:
-    """``t`` is a real number or array (the state's current timestep), not a string."""
-    if t is None or isinstance(t, (str, bytes)):
-        raise OptionTypeError(
-            f"t must be a number or array (state.timesteps[state.step_index]), got {t!r}"
-        )
-    dtype = jnp.result_type(t)
-    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        raise OptionTypeError(f"t must be a real number (integer or float), got dtype {dtype}")
-
-
-def check_step_inputs(scheduler: Scheduler, state: SchedulerState, model_output, t, x) -> None:
-    """Shape and dtype checks always; position checks where values are concrete, and the same
-    checks plus finite inputs as :func:`jaxsched.checked` debug checks where they are traced.
-
-    Raises:
-        ValueError: a state another scheduler built (:func:`check_state`), a batched state
-            outside ``jax.vmap``, mismatched shapes, a finished run, or a concrete ``t`` that is
-            not the state's current timestep.
-    """
-    check_state(scheduler, state)
-    if jnp.ndim(state.step_index) != 0 or jnp.ndim(state.timesteps) != 1:
-        raise ValueError(
-            f"the state is batched (step_index shape {jnp.shape(state.step_index)}); "
-            "step a batch of states with jax.vmap"
-        )
-    check_thresholds(state.thresholds)
-    for name, value in (("the sample", x), ("model_output", model_output)):
-        check_finite_array(name, value, state.step_index)
-    check_timestep_type(t)
-    if jnp.shape(model_output) != jnp.shape(x):
-        raise ValueError(
-            f"model_output has shape {jnp.shape(model_output)} but the sample has shape "
-            f"{jnp.shape(x)}"
-        )
-    if jnp.shape(x) != state.pred_original_sample.shape:
-        raise ValueError(
-            f"the sample has shape {jnp.shape(x)} but the state was initialised for shape "
-            f"{state.pred_original_sample.shape}"
-        )
-    n = state.num_inference_steps
-    index = check_not_finished(state)
-    given, timesteps = concrete_value(t), concrete_value(state.timesteps)
-    if index is None or given is None or timesteps is None:
-        current = state.timesteps[jnp.minimum(state.step_index, n - 1)]
-        checkify.debug_check(
-            jnp.all(t == current),
-            "t={} is not the state's current timestep {} (step {})",
-            t,
-            current,
-            state.step_index,
-        )
-    elif not np.array_equal(given, timesteps[index]):
-        raise ValueError(
-            f"t={given} is not the state's current timestep {timesteps[index]} "
-            f"(step {int(index)} of {n}); pass state.timesteps[state.step_index]"
-        )
-
-
-def current_row(coefficients: Any, step_index: jax.Array) -> Any:
-    """Row ``step_index`` of every ``(N,)`` table; NaN past either end (so a traced overrun or
-    negative index shows in the result rather than being clamped or wrapped silently)."""
-    return jax.tree.map(
-        lambda table: table.at[step_index].get(
-            mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
-        ),
-        coefficients,
-    )
-
-
-def advance(state: SchedulerState, pred_original_sample: jax.Array, **changes) -> SchedulerState:
-    """The state after one step: next position, new x0 prediction, other fields changed."""
-    return state._replace(
-        step_index=state.step_index + 1,
-        pred_original_sample=pred_original_sample.astype(state.pred_original_sample.dtype),
-        **changes,
-    )
-
-
-def resolve_noise(stochastic: bool, key, noise, shape, dtype) -> jax.Array | None:
-    """The standard normal noise of a stochastic step, from ``noise`` or drawn with ``key``.
-
-    Returns ``None`` for a deterministic step. Raises ``ValueError`` when a stochastic step has
-    neither, or both.
-    """
-    if not stochastic:
-        return None
-    if key is not None and noise is not None:
-        raise ValueError("pass either key or noise to a stochastic step, not both")
-    if noise is not None:
-        if isinstance(noise, (str, bytes, tuple, list, dict)) or not jnp.issubdtype(
-            jnp.result_type(noise), jnp.floating
-        ):
-            raise OptionTypeError(f"noise must be a floating-point array, got {noise!r:.60}")
-        if jnp.shape(noise) != tuple(shape):
-            raise ValueError(f"noise has shape {jnp.shape(noise)}, expected {tuple(shape)}")
-        return jnp.asarray(noise).astype(dtype)
-    if key is None:
-        raise ValueError("this step is stochastic: pass key=jax.random.key(...) or noise=")
-    return jax.random.normal(key, shape, dtype)
+    def training_schedule(self, schedule: NoiseSchedule | None = None) -> NoiseSchedule:
+        """The config's schedule, or ``schedule`` checked (:meth:`noise_schedule`)."""
+        return self.noise_schedule(schedule)

@@ -24,10 +24,32 @@ order term is the exact ``rho_t - rho_s0``.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from jaxsched.solvers.multistep import StepWeights, guarded_inverse
+from jaxsched.grids.levels import Grid, Level
+from jaxsched.solvers.base import Limits
+from jaxsched.solvers.multistep import (
+    History,
+    MultistepTables,
+    OrderRules,
+    StepWeights,
+    chain_coordinate,
+    convert_prediction,
+    differentiable_where_finite,
+    effective_order,
+    guarded_inverse,
+    history_nodes,
+    linear_update,
+    push,
+    stack_weights,
+)
+from jaxsched.solvers.prediction import FLOW_PREDICTION, noise_from_data
+from jaxsched.solvers.safe_math import log_or_minus_inf
+from jaxsched.state import Thresholds
 
 ALGORITHM_TYPES = ("deis",)
 SOLVER_TYPES = ("logrho",)
@@ -73,6 +95,8 @@ def deis_step_weights(
     rhos: tuple[jax.Array, jax.Array],
     log_rhos: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
     order: jax.Array,
+    *,
+    num_outputs: int = 3,
 ) -> StepWeights:
     """Weights of every DEIS step (all arguments ``(N,)``; ``order`` in 1..3).
 
@@ -94,10 +118,74 @@ def deis_step_weights(
     c1 = jnp.where(third, c1_third, jnp.where(second, i1 * inv_d1, 0.0)) * rho_s
     c2 = jnp.where(third, -(i2 - d1 * i1) * inv_d2 * inv_d12, 0.0) * rho_s
     c0 = (rho_t - rho_s) - c1 - c2
-    return StepWeights(
-        a=alpha_t / alpha_s,
-        b0=alpha_t * c0,
-        b1=alpha_t * c1,
-        b2=alpha_t * c2,
-        c=jnp.zeros_like(c0),
+    return stack_weights(
+        alpha_t / alpha_s,
+        (alpha_t * c0, alpha_t * c1, alpha_t * c2),
+        jnp.zeros_like(c0),
+        num_outputs,
     )
+
+
+def log_rho_of(level: Level) -> jax.Array:
+    """``log rho = log(sigma / alpha)`` (``-inf`` at sigma = 0)."""
+    return log_or_minus_inf(level.sigma) - log_or_minus_inf(level.alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class DEISSolver:
+    """DEIS (tAB-DEIS in log rho), orders 1-3. The solver's variable is the noise prediction;
+    as in diffusers every other prediction goes through x0: ``eps = (x - alpha x0) / sigma``,
+    with flow predictions converted by the raw grid sigma ``s`` (whatever the levels)."""
+
+    prediction_type: str
+    rules: OrderRules
+    limits: Limits
+
+    @property
+    def order(self) -> int:
+        return self.rules.solver_order
+
+    @property
+    def history(self) -> int:
+        return self.rules.solver_order - 1
+
+    def tables(self, grid: Grid, begin_index: int) -> MultistepTables:
+        start, end = grid.start, grid.end
+        nodes = history_nodes(chain_coordinate(grid, log_rho_of))
+        nominal = jnp.asarray(self.rules.nominal(grid.timesteps.shape[0], begin_index))
+        order = effective_order(nominal, nodes)
+        rhos = (start.sigma / start.alpha, end.sigma / end.alpha)
+        weights = differentiable_where_finite(
+            lambda nodes: deis_step_weights(
+                (start.alpha, end.alpha), rhos, nodes, order, num_outputs=self.order
+            ),
+            nodes,
+        )
+        flow = self.prediction_type == FLOW_PREDICTION
+        convert_sigma = start.grid_sigma if flow else start.sigma
+        return MultistepTables(start, start.alpha, convert_sigma, weights=weights, order=order)
+
+    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
+        return History(outputs=tuple(jnp.zeros(shape, dtype) for _ in range(self.history)))
+
+    def thresholds(self, dtype) -> Thresholds:
+        return self.limits.thresholds(dtype)
+
+    def stochastic(self, params: dict[str, Any]) -> bool:
+        return False
+
+    def update(self, row, x, model_output, history, noise, thresholds, params):
+        alpha, sigma = row.convert_alpha, row.convert_sigma
+        x0, eps = convert_prediction(
+            self.prediction_type,
+            model_output,
+            x,
+            alpha,
+            sigma,
+            thresholds,
+            thresholding=self.limits.thresholding,
+        )
+        if self.prediction_type != "epsilon":
+            eps = noise_from_data(x, x0, alpha, sigma)
+        x_next = linear_update(row.weights, (x,), (eps, *history.outputs), noise)
+        return x_next, x0, push(history, eps, x)

@@ -13,10 +13,32 @@ the shared :class:`~jaxsched.solvers.multistep.StepWeights`, computed once at ``
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from jaxsched.solvers.multistep import StepWeights, guarded_inverse
+from jaxsched.grids.levels import Grid, Level
+from jaxsched.solvers.base import Limits
+from jaxsched.solvers.multistep import (
+    History,
+    MultistepTables,
+    OrderRules,
+    StepWeights,
+    chain_coordinate,
+    convert_prediction,
+    differentiable_where_finite,
+    effective_order,
+    guarded_inverse,
+    history_nodes,
+    linear_update,
+    push,
+    stack_weights,
+)
+from jaxsched.solvers.prediction import FLOW_PREDICTION
+from jaxsched.solvers.safe_math import log_or_minus_inf
+from jaxsched.state import Thresholds
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -106,6 +128,7 @@ def step_weights(
     order: jax.Array,
     *,
     exact_third_order: bool = False,
+    num_outputs: int = 3,
 ) -> StepWeights:
     """Weights of every step (all arguments ``(N,)``; ``order`` in 1..3).
 
@@ -116,6 +139,7 @@ def step_weights(
     A zero-length step (``h = 0`` up to rounding, see :func:`is_moving`) is an exact no-op:
     ``a = 1`` and every other weight 0.
     ``exact_third_order`` uses third-order weights that integrate quadratics exactly.
+    ``num_outputs`` model-output weights are kept (the solver order: the history it has).
     """
     (alpha_s, alpha_t), (sigma_s, sigma_t) = alphas, sigmas
     lambda_t, lambda_s0, lambda_s1, lambda_s2 = lambdas
@@ -150,10 +174,94 @@ def step_weights(
     b1 = -g0 * inv_r0 + g1 * inv_r1
     b2 = -g1 * inv_r1
     zero = jnp.zeros_like(h)
-    return StepWeights(
-        a=jnp.where(moving, a, 1.0),
-        b0=jnp.where(moving, b0, zero),
-        b1=jnp.where(moving, b1, zero),
-        b2=jnp.where(moving, b2, zero),
-        c=jnp.where(moving, c, zero),
+    return stack_weights(
+        jnp.where(moving, a, 1.0),
+        tuple(jnp.where(moving, b, zero) for b in (b0, b1, b2)),
+        jnp.where(moving, c, zero),
+        num_outputs,
     )
+
+
+def lambda_of(level: Level) -> jax.Array:
+    """``lambda = log(alpha / sigma)``, the half log-SNR (``inf`` at sigma = 0)."""
+    return log_or_minus_inf(level.alpha) - log_or_minus_inf(level.sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolver:
+    """DPM-Solver (noise form) and DPM-Solver++ (data form), ODE or SDE, orders 1-3.
+
+    The solver's variable is the x0 prediction for ``++`` algorithms, the noise prediction
+    otherwise; with ``prediction_type="flow_prediction"`` diffusers converts with the raw grid
+    sigma ``(1 - s, s)``, flow sigmas or not.
+    """
+
+    algorithm_type: str
+    solver_type: str
+    prediction_type: str
+    rules: OrderRules
+    limits: Limits
+    exact_third_order: bool = False
+
+    @property
+    def order(self) -> int:
+        return self.rules.solver_order
+
+    @property
+    def history(self) -> int:
+        return self.rules.solver_order - 1
+
+    @property
+    def data_form(self) -> bool:
+        return self.algorithm_type.endswith("++")
+
+    def tables(self, grid: Grid, begin_index: int) -> MultistepTables:
+        """Every step's tables; a step to sigma = 0 (``h = inf``) is first order, as diffusers
+        makes a final step to a zero sigma (the higher-order terms divide a finite slope by
+        ``r = h_prev / h = 0``)."""
+        start, end = grid.start, grid.end
+        nodes = history_nodes(chain_coordinate(grid, lambda_of))
+        nominal = jnp.asarray(self.rules.nominal(grid.timesteps.shape[0], begin_index))
+        order = effective_order(nominal, nodes)
+        order = jnp.where(jnp.isfinite(nodes[0]), order, 1)
+        weights = differentiable_where_finite(
+            lambda nodes: step_weights(
+                self.algorithm_type,
+                self.solver_type,
+                (start.alpha, end.alpha),
+                (start.sigma, end.sigma),
+                nodes,
+                order,
+                exact_third_order=self.exact_third_order,
+                num_outputs=self.rules.solver_order,
+            ),
+            nodes,
+        )
+        if self.prediction_type == FLOW_PREDICTION:
+            convert = (1.0 - start.grid_sigma, start.grid_sigma)
+        else:
+            convert = (start.alpha, start.sigma)
+        return MultistepTables(start, *convert, weights=weights, order=order)
+
+    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
+        return History(outputs=tuple(jnp.zeros(shape, dtype) for _ in range(self.history)))
+
+    def thresholds(self, dtype) -> Thresholds:
+        return self.limits.thresholds(dtype)
+
+    def stochastic(self, params: dict[str, Any]) -> bool:
+        return self.algorithm_type.startswith("sde")
+
+    def update(self, row, x, model_output, history, noise, thresholds, params):
+        x0, eps = convert_prediction(
+            self.prediction_type,
+            model_output,
+            x,
+            row.convert_alpha,
+            row.convert_sigma,
+            thresholds,
+            thresholding=self.limits.thresholding,
+        )
+        m = x0 if self.data_form else eps
+        x_next = linear_update(row.weights, (x,), (m, *history.outputs), noise)
+        return x_next, x0, push(history, m, x)

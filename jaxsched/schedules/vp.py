@@ -1,4 +1,4 @@
-"""Training noise schedules: betas -> alphas_cumprod, as pure functions.
+"""Variance-preserving training noise schedules: betas -> alphas_cumprod, as pure functions.
 
 A schedule is a :class:`NoiseSchedule` pytree of two ``(T,)`` arrays. Every function here
 is traceable in its floating-point arguments (``beta_start``, ``beta_end``, ``trained_betas``)
@@ -25,6 +25,14 @@ from jaxsched._checks import (
     concrete_value,
     real_array,
 )
+from jaxsched.schedules.common import (
+    check_noising_inputs,
+    check_timesteps_type,
+    compute_dtype,
+    default_float_dtype,
+    noised,
+    per_sample,
+)
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # Largest beta of the cosine schedule, as in Nichol & Dhariwal (2021), eq. 17.
@@ -42,19 +50,6 @@ class NoiseSchedule(NamedTuple):
 
     betas: jax.Array
     alphas_cumprod: jax.Array
-
-
-def default_float_dtype() -> jnp.dtype:
-    """float64 when ``jax_enable_x64`` is on, else float32: the dtype of every table."""
-    return jnp.result_type(float)
-
-
-def compute_dtype(sample_dtype, table_dtype) -> jnp.dtype:
-    """Samples are updated in at least the tables' precision (float32, or float64 with x64):
-    the wider of the two floating dtypes, chosen explicitly so that it also holds under
-    ``jax_numpy_dtype_promotion="strict"``."""
-    sample, table = jnp.dtype(sample_dtype), jnp.dtype(table_dtype)
-    return sample if sample.itemsize > table.itemsize else table
 
 
 def linear_betas(beta_start, beta_end, num_train_timesteps: int, dtype=None) -> jax.Array:
@@ -240,12 +235,6 @@ def noise_schedule(
     return NoiseSchedule(betas=betas, alphas_cumprod=jnp.cumprod(1.0 - betas))
 
 
-def per_sample(values: jax.Array, ndim: int) -> jax.Array:
-    """Reshape ``(B,)`` (or scalar) per-sample values to broadcast against a rank-``ndim`` array."""
-    values = jnp.ravel(values)
-    return values.reshape(values.shape + (1,) * max(ndim - 1, 0)) if values.size > 1 else values[0]
-
-
 # Floor of log sigma where a level is exactly noise-free (beta_start = 0), as sigma_to_t's.
 _LOG_SIGMA_FLOOR = float(np.log(1e-10))
 
@@ -296,43 +285,6 @@ def _alphas_at(schedule: NoiseSchedule, timesteps, ndim: int) -> tuple[jax.Array
     """``sqrt(a_t)``, ``sqrt(1 - a_t)`` shaped to broadcast against a rank-``ndim`` sample."""
     abar = per_sample(alphas_cumprod_at(schedule, timesteps), ndim)
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-
-
-def check_timesteps_type(timesteps) -> None:
-    """``timesteps`` of ``add_noise`` / ``get_velocity`` are real numbers or arrays."""
-    if timesteps is None or isinstance(timesteps, (str, bytes)):
-        raise OptionTypeError(f"timesteps must be a number or an array, got {timesteps!r}")
-    dtype = jnp.result_type(timesteps)
-    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        raise OptionTypeError(f"timesteps must be integers or floats, got dtype {dtype}")
-
-
-def check_noising_inputs(original_samples, noise, timesteps) -> None:
-    """Floating-point samples, noise of exactly their shape, and a scalar or one timestep per
-    leading-axis item ``(B,)``; raises naming the argument."""
-    check_floating_dtype("original_samples", jnp.result_type(original_samples))
-    if jnp.shape(noise) != jnp.shape(original_samples):
-        raise ValueError(
-            f"noise has shape {jnp.shape(noise)} but original_samples has shape "
-            f"{jnp.shape(original_samples)}; they must be equal"
-        )
-    size = int(np.prod(jnp.shape(timesteps)))
-    batch = jnp.shape(original_samples)[:1]
-    if size != 1 and (jnp.ndim(timesteps) != 1 or jnp.shape(timesteps) != batch):
-        raise ValueError(
-            f"timesteps must be a scalar or one per batch item, shape {batch}, got shape "
-            f"{jnp.shape(timesteps)}"
-        )
-
-
-def noised(original_samples, noise, alpha, sigma, table_dtype) -> jax.Array:
-    """``alpha x0 + sigma noise`` with scalar or per-sample ``(B,)`` scales, computed in at least
-    the tables' precision and returned in the samples' dtype."""
-    x0 = jnp.asarray(original_samples)
-    dtype = compute_dtype(x0.dtype, table_dtype)
-    alpha, sigma = (per_sample(v, x0.ndim).astype(dtype) for v in (alpha, sigma))
-    out = alpha * x0.astype(dtype) + sigma * jnp.asarray(noise).astype(dtype)
-    return out.astype(x0.dtype)
 
 
 def add_noise(schedule: NoiseSchedule, original_samples, noise, timesteps) -> jax.Array:
