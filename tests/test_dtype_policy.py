@@ -28,6 +28,11 @@ SCHEDULERS = {
 X = jax.random.normal(jax.random.key(0), (2, 3, 4))
 
 
+def test_every_registered_scheduler_has_a_dtype_case():
+    """A new family joins the registry and this table together."""
+    assert {type(sched).__name__ for sched, _ in SCHEDULERS.values()} == set(jaxsched.SCHEDULERS)
+
+
 def _model(x, t):
     return 0.5 * x
 

@@ -15,6 +15,8 @@ import jaxsched
 
 SHAPE = (2, 3)
 SCHEDULERS = [jaxsched.DDIMScheduler, jaxsched.DDIMInverseScheduler]
+#: Every registered scheduler: the checks written once in the core hold for each.
+REGISTERED = list(jaxsched.SCHEDULERS.values())
 
 
 def _inputs(shape=SHAPE):
@@ -134,20 +136,20 @@ def test_trained_betas_of_right_length_construct(cls):
     assert sched.trained_betas == (0.01,) * 10
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_replace_validates_again(cls):
     sched = cls()
     assert sched.replace(steps_offset=1).steps_offset == 1
     with pytest.raises(ValueError, match="steps_offset must be >= 0"):
         sched.replace(steps_offset=-1)
-    with pytest.raises(TypeError, match="clip_sample must be a bool"):
-        sched.replace(clip_sample="yes")
+    with pytest.raises(TypeError, match="beta_start must be a real number"):
+        sched.replace(beta_start="0.001")
 
 
 # -- init ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_init_num_inference_steps(cls):
     sched = cls()
     assert sched.init(1, SHAPE).timesteps.shape == (1,)
@@ -166,7 +168,7 @@ def test_init_num_inference_steps(cls):
             sched.init(bad, SHAPE)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_init_schedule_argument(cls):
     sched = cls()
     good = jaxsched.noise_schedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -199,7 +201,7 @@ def test_init_steps_offset_past_last_timestep(cls):
 # -- step -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_step_shape_mismatches(cls):
     sched = cls()
     state = sched.init(5, SHAPE)
@@ -223,7 +225,7 @@ def test_step_shape_mismatches(cls):
     assert y.shape == (4, 3)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_step_wrong_timestep(cls):
     sched = cls()
     state = sched.init(5, SHAPE)
@@ -245,7 +247,7 @@ def test_step_wrong_timestep(cls):
         sched.step(state1, eps, right, x1)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_step_past_the_end_eager(cls):
     sched = cls()
     x, eps = _inputs()
@@ -256,7 +258,7 @@ def test_step_past_the_end_eager(cls):
         sched.step(state, eps, state.timesteps[-1], x)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_step_past_the_end_under_jit_is_nan(cls):
     sched = cls()
     x, eps = _inputs()
@@ -268,7 +270,7 @@ def test_step_past_the_end_under_jit_is_nan(cls):
     _, eager_x = sched.step(state, eps, state.timesteps[0], x)
     assert bool(jnp.isfinite(jit_x).all())
     assert int(jit_state.step_index) == 1
-    np.testing.assert_allclose(jit_x, eager_x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jit_x, eager_x, rtol=1e-5, atol=1e-5)
 
     state, x = _run_all_steps(sched, state, x, eps)
     over_state, over_x = step(state, eps, state.timesteps[-1], x)
@@ -363,7 +365,7 @@ def _model(x, t):
     return 0.1 * x + 0.001 * t.astype(x.dtype)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_sample_with_exhausted_state(cls):
     sched = cls()
     x, _ = _inputs()
@@ -487,7 +489,7 @@ def test_step_rejects_bad_eta(eta, error, fragment):
     sched.step(state, eps, state.timesteps[0], x, eta=np.float32(0.5), key=jax.random.key(0))
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_integer_samples_and_dtypes_are_rejected(cls):
     sched = cls()
     with pytest.raises(TypeError, match="dtype must have a floating-point dtype"):
@@ -500,7 +502,7 @@ def test_integer_samples_and_dtypes_are_rejected(cls):
         sched.step(state, eps.astype(jnp.int32), state.timesteps[0], x)
 
 
-@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_batched_state_outside_vmap_is_rejected(cls):
     sched = cls()
     states = jax.vmap(

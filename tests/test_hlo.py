@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import jaxsched
 
@@ -31,3 +33,24 @@ def test_ddim_sample_loop_is_one_fused_pass_per_step():
     copies = [line for line in full_size if " copy(" in line]
     assert len(fusions) == 1, full_size
     assert not copies, copies
+
+
+def _max_order(cls) -> dict:
+    """Options of ``cls`` that carry the most history (its highest order)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {"solver_order": 3} if "solver_order" in names else {}
+
+
+@pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
+def test_every_sample_loop_touches_each_carried_array_once_per_step(name):
+    """Over the registry: a scan iteration (``scan_unroll`` steps) has at most one full-size
+    fusion and one full-size copy per array the loop carries (the sample and each history
+    output), so a family's update stays one pass over its state whatever its order."""
+    sched = jaxsched.SCHEDULERS[name](**_max_order(jaxsched.SCHEDULERS[name]))
+    state = sched.init(25, SHAPE)
+    run = jax.jit(lambda s, x: jaxsched.sample(sched, s, lambda x, t: 0.1 * x, x))
+    body = _while_body(run.lower(state, jnp.ones(SHAPE)).compile().as_text())
+    full_size = [line for line in body.splitlines() if re.search(rf"= {FULL}\S* ", line)]
+    carried = 1 + sched.capabilities.history
+    assert len([line for line in full_size if " fusion(" in line]) <= carried, full_size
+    assert len([line for line in full_size if " copy(" in line]) <= carried, full_size

@@ -56,6 +56,11 @@ CONFIGS = {
 }
 
 
+def test_every_registered_scheduler_has_a_recompilation_case():
+    """A new family joins the registry and this table together."""
+    assert set(CONFIGS) == set(jaxsched.SCHEDULERS)
+
+
 def rebuilt_copies(sched) -> list:
     """Equal schedulers built every way a user might: constructor, config dict, JSON file
     round trip, ``replace()``, and ``inverse().inverse()``."""
