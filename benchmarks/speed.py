@@ -145,7 +145,7 @@ def speed_table(rounds: int = 20) -> list[dict]:
         runners = {
             "jaxsched": (jaxsched_runner(sched), x),
             "jaxsched_traced_state": (jaxsched_runner(sched, traced_state=True), x),
-            "diffusers": (diffusers_runner(cls_name, sched.config), x_torch),
+            "diffusers": (diffusers_runner(cls_name, sched.to_config()), x_torch),
             "floor": (floor_runner(history, unroll=sched.scan_unroll), x),
         }
         ms = interleaved_medians(runners, rounds)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 
-from jaxsched.schedules import NoiseSchedule
+if TYPE_CHECKING:  # the solvers import Thresholds from here
+    from jaxsched.schedules import NoiseSchedule
+    from jaxsched.solvers.base import Tables
+    from jaxsched.solvers.multistep import History
 
 
 class Thresholds(NamedTuple):
@@ -46,11 +49,14 @@ class SchedulerState(NamedTuple):
         timesteps: ``(N,)`` the timestep the model is called with at each step, in order
             (integers; continuous floats for a custom sigma grid, ``init(sigmas=...)``).
         step_index: ``()`` int32 position of the next step; ``step`` advances it by one.
-        coefficients: per-step tables, every leaf of leading size ``N`` (family-specific).
-        schedule: the training :class:`NoiseSchedule` the grid was built from.
+        coefficients: the solver's per-step :class:`~jaxsched.solvers.base.Tables`, every leaf
+            of leading size ``N`` (``DDIMTables``, ``MultistepTables``, ...).
+        schedule: the training levels the grid was built from (a :class:`NoiseSchedule` for
+            the variance-preserving families).
         thresholds: traced clipping / thresholding values.
         pred_original_sample: ``(*shape)`` the last x0 prediction (zeros before the first step).
-        history: multistep memory (family-specific; ``()`` for one-step solvers).
+        history: a multistep solver's :class:`~jaxsched.solvers.multistep.History` (``()``
+            for one-step solvers).
         origin: the :class:`Origin` (scheduler) whose ``init`` built the state; static.
         begin_index: ``()`` int32, the step the run began at when ``init`` was given one
             (img2img, diffusers' ``set_begin_index``); ``None`` otherwise.
@@ -58,11 +64,11 @@ class SchedulerState(NamedTuple):
 
     timesteps: jax.Array
     step_index: jax.Array
-    coefficients: Any
+    coefficients: Tables
     schedule: NoiseSchedule
     thresholds: Thresholds
     pred_original_sample: jax.Array
-    history: Any = ()
+    history: History | tuple[()] = ()
     origin: Origin | None = None
     begin_index: jax.Array | None = None
 

@@ -395,7 +395,7 @@ class Scheduler:
         check_step_inputs(self, state, model_output, t, x)
         self.check_step_values(params)
         solver = self.solver
-        dtype = compute_dtype(jnp.result_type(x), state.schedule.alphas_cumprod.dtype)
+        dtype = compute_dtype(jnp.result_type(x), table_dtype(state))
         noise = resolve_noise(solver.stochastic(params), key, noise, jnp.shape(x), dtype)
         history = jax.tree.map(lambda m: m.astype(dtype), state.history)
         x_next, x0, history = solver.update(
@@ -439,8 +439,7 @@ class Scheduler:
         else:
             index = jnp.broadcast_to(state.step_index, jnp.shape(jnp.ravel(timesteps)))
         level = jax.tree.map(lambda table: table[index], state.coefficients.start)
-        table_dtype = state.schedule.alphas_cumprod.dtype
-        return noised(original_samples, noise, level.alpha, level.sigma, table_dtype)
+        return noised(original_samples, noise, level.alpha, level.sigma, table_dtype(state))
 
     def _check_grid_timestep_range(self, timesteps) -> None:
         """Timesteps must be training timesteps: ``0..T-1`` (``0..T`` for flow sigmas, whose
@@ -454,6 +453,11 @@ class Scheduler:
             )
         elif not ((known >= 0) & (known <= top)).all():
             raise ValueError(f"timesteps must lie in 0..{top}, got {known.ravel().tolist()[:8]}")
+
+
+def table_dtype(state: SchedulerState):
+    """The precision of a run's tables (float32, or float64 with x64), whatever the family."""
+    return state.coefficients.start.alpha.dtype
 
 
 def lookup_timesteps(grid: jax.Array, timesteps) -> jax.Array:

@@ -78,7 +78,7 @@ def _non_default_options(scheduler: Scheduler) -> str:
         for f in dataclasses.fields(scheduler)
         if f.name != "trained_betas" and getattr(scheduler, f.name) != f.default
     ]
-    if scheduler.trained_betas is not None:
+    if getattr(scheduler, "trained_betas", None) is not None:
         changed.append("trained_betas=[...]")
     return ", ".join(changed) or "all defaults"
 
