@@ -25,22 +25,18 @@ order term is the exact ``rho_t - rho_s0``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxsched.grids.levels import Grid, Level
-from jaxsched.solvers.base import Limits
 from jaxsched.solvers.multistep import (
-    History,
+    MultistepSolver,
     MultistepTables,
-    OrderRules,
     StepWeights,
     chain_coordinate,
     convert_prediction,
     differentiable_where_finite,
-    effective_order,
     guarded_inverse,
     history_nodes,
     linear_update,
@@ -49,7 +45,6 @@ from jaxsched.solvers.multistep import (
 )
 from jaxsched.solvers.prediction import FLOW_PREDICTION, noise_from_data
 from jaxsched.solvers.safe_math import log_or_minus_inf
-from jaxsched.state import Thresholds
 
 ALGORITHM_TYPES = ("deis",)
 SOLVER_TYPES = ("logrho",)
@@ -131,29 +126,16 @@ def log_rho_of(level: Level) -> jax.Array:
     return log_or_minus_inf(level.sigma) - log_or_minus_inf(level.alpha)
 
 
-@dataclasses.dataclass(frozen=True)
-class DEISSolver:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DEISSolver(MultistepSolver):
     """DEIS (tAB-DEIS in log rho), orders 1-3. The solver's variable is the noise prediction;
     as in diffusers every other prediction goes through x0: ``eps = (x - alpha x0) / sigma``,
     with flow predictions converted by the raw grid sigma ``s`` (whatever the levels)."""
 
-    prediction_type: str
-    rules: OrderRules
-    limits: Limits
-
-    @property
-    def order(self) -> int:
-        return self.rules.solver_order
-
-    @property
-    def history(self) -> int:
-        return self.rules.solver_order - 1
-
     def tables(self, grid: Grid, begin_index: int) -> MultistepTables:
         start, end = grid.start, grid.end
         nodes = history_nodes(chain_coordinate(grid, log_rho_of))
-        nominal = jnp.asarray(self.rules.nominal(grid.timesteps.shape[0], begin_index))
-        order = effective_order(nominal, nodes)
+        order = self.step_orders(grid, begin_index, nodes)
         rhos = (start.sigma / start.alpha, end.sigma / end.alpha)
         weights = differentiable_where_finite(
             lambda nodes: deis_step_weights(
@@ -164,15 +146,6 @@ class DEISSolver:
         flow = self.prediction_type == FLOW_PREDICTION
         convert_sigma = start.grid_sigma if flow else start.sigma
         return MultistepTables(start, start.alpha, convert_sigma, weights=weights, order=order)
-
-    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
-        return History(outputs=tuple(jnp.zeros(shape, dtype) for _ in range(self.history)))
-
-    def thresholds(self, dtype) -> Thresholds:
-        return self.limits.thresholds(dtype)
-
-    def stochastic(self, params: dict[str, Any]) -> bool:
-        return False
 
     def update(self, row, x, model_output, history, noise, thresholds, params):
         alpha, sigma = row.convert_alpha, row.convert_sigma

@@ -20,16 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.grids.levels import Grid, Level
-from jaxsched.solvers.base import Limits
 from jaxsched.solvers.multistep import (
-    History,
+    MultistepSolver,
     MultistepTables,
-    OrderRules,
     StepWeights,
     chain_coordinate,
     convert_prediction,
     differentiable_where_finite,
-    effective_order,
     guarded_inverse,
     history_nodes,
     linear_update,
@@ -38,7 +35,6 @@ from jaxsched.solvers.multistep import (
 )
 from jaxsched.solvers.prediction import FLOW_PREDICTION
 from jaxsched.solvers.safe_math import log_or_minus_inf
-from jaxsched.state import Thresholds
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -187,8 +183,8 @@ def lambda_of(level: Level) -> jax.Array:
     return log_or_minus_inf(level.alpha) - log_or_minus_inf(level.sigma)
 
 
-@dataclasses.dataclass(frozen=True)
-class DPMSolver:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolver(MultistepSolver):
     """DPM-Solver (noise form) and DPM-Solver++ (data form), ODE or SDE, orders 1-3.
 
     The solver's variable is the x0 prediction for ``++`` algorithms, the noise prediction
@@ -198,18 +194,7 @@ class DPMSolver:
 
     algorithm_type: str
     solver_type: str
-    prediction_type: str
-    rules: OrderRules
-    limits: Limits
     exact_third_order: bool = False
-
-    @property
-    def order(self) -> int:
-        return self.rules.solver_order
-
-    @property
-    def history(self) -> int:
-        return self.rules.solver_order - 1
 
     @property
     def data_form(self) -> bool:
@@ -221,9 +206,7 @@ class DPMSolver:
         ``r = h_prev / h = 0``)."""
         start, end = grid.start, grid.end
         nodes = history_nodes(chain_coordinate(grid, lambda_of))
-        nominal = jnp.asarray(self.rules.nominal(grid.timesteps.shape[0], begin_index))
-        order = effective_order(nominal, nodes)
-        order = jnp.where(jnp.isfinite(nodes[0]), order, 1)
+        order = jnp.where(jnp.isfinite(nodes[0]), self.step_orders(grid, begin_index, nodes), 1)
         weights = differentiable_where_finite(
             lambda nodes: step_weights(
                 self.algorithm_type,
@@ -242,12 +225,6 @@ class DPMSolver:
         else:
             convert = (start.alpha, start.sigma)
         return MultistepTables(start, *convert, weights=weights, order=order)
-
-    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
-        return History(outputs=tuple(jnp.zeros(shape, dtype) for _ in range(self.history)))
-
-    def thresholds(self, dtype) -> Thresholds:
-        return self.limits.thresholds(dtype)
 
     def stochastic(self, params: dict[str, Any]) -> bool:
         return self.algorithm_type.startswith("sde")

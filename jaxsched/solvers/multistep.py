@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import reduce
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.grids.levels import Grid, Level
+from jaxsched.solvers.base import Limits
 from jaxsched.solvers.prediction import data_and_noise, dynamic_threshold, noise_from_data
 from jaxsched.state import Thresholds
 
@@ -120,6 +121,40 @@ class OrderRules:
             final_sigmas_type=self.final_sigmas_type,
             begin_index=begin_index,
         )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultistepSolver:
+    """What every multistep solver value shares: its order rules, x0 limits and prediction
+    type, a declared order of ``solver_order`` and a history of ``solver_order - 1`` previous
+    converted outputs. A family subclasses it with its ``tables`` and ``update``."""
+
+    prediction_type: str
+    rules: OrderRules
+    limits: Limits
+
+    @property
+    def order(self) -> int:
+        return self.rules.solver_order
+
+    @property
+    def history(self) -> int:
+        return self.rules.solver_order - 1
+
+    def step_orders(self, grid: Grid, begin_index: int, nodes: tuple[jax.Array, ...]):
+        """``(N,)`` the order each step uses: the rules' table, lowered where history points
+        coincide or lie at infinity (:func:`effective_order`)."""
+        nominal = jnp.asarray(self.rules.nominal(grid.timesteps.shape[0], begin_index))
+        return effective_order(nominal, nodes)
+
+    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
+        return History(outputs=tuple(jnp.zeros(shape, dtype) for _ in range(self.history)))
+
+    def thresholds(self, dtype) -> Thresholds:
+        return self.limits.thresholds(dtype)
+
+    def stochastic(self, params: dict[str, Any]) -> bool:
+        return False
 
 
 def chain_coordinate(grid: Grid, of_level: Callable[[Level], jax.Array]) -> jax.Array:
