@@ -21,10 +21,20 @@ from jaxsched.schedulers import (
     DEISMultistepScheduler,
     DPMSolverMultistepInverseScheduler,
     DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchEulerInverseScheduler,
     Scheduler,
 )
 from jaxsched.schedulers.base import Capabilities
-from jaxsched.schedules import NoiseSchedule, add_noise, get_velocity, noise_schedule
+from jaxsched.schedules import (
+    FlowSchedule,
+    NoiseSchedule,
+    add_noise,
+    calculate_shift,
+    flow_schedule,
+    get_velocity,
+    noise_schedule,
+)
 from jaxsched.state import SchedulerState, Thresholds
 
 __version__ = "0.1.0"
@@ -49,6 +59,9 @@ __all__ = [
     "DEISMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchEulerInverseScheduler",
+    "FlowSchedule",
     "InversionInfo",
     "NoiseSchedule",
     "Scheduler",
@@ -58,8 +71,10 @@ __all__ = [
     "__version__",
     "add_noise",
     "begin_index_for_strength",
+    "calculate_shift",
     "checked",
     "exact_invert",
+    "flow_schedule",
     "from_config",
     "get_velocity",
     "grids",

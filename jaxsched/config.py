@@ -85,9 +85,22 @@ def _is_flow_matching(config: Mapping[str, Any]) -> bool:
     )
 
 
+#: Keys only a variance-preserving (beta schedule) config has.
+_VP_KEYS = ("beta_start", "beta_end", "beta_schedule", "trained_betas")
+
+
 def _check_same_model(target: type[Scheduler], config: Mapping[str, Any], options: dict) -> None:
     """A flow-matching config cannot mean the same thing in a variance-preserving scheduler:
-    the quiet result would sample another model. Raise unless the options ask for flow."""
+    the quiet result would sample another model. Raise unless the options ask for flow; and
+    the other way round, a variance-preserving config (betas) into a flow-matching class."""
+    if target.training_levels == "flow":
+        if not _is_flow_matching(config) and any(key in config for key in _VP_KEYS):
+            source = config.get("_class_name") or "this config"
+            raise ValueError(
+                f"{source} describes a variance-preserving model (betas), but "
+                f"{target.__name__} would run it as a flow-matching one"
+            )
+        return
     if not _is_flow_matching(config):
         return
     flow_capable = any(f.name == "use_flow_sigmas" for f in dataclasses.fields(target))

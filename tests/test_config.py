@@ -490,8 +490,12 @@ MODEL_CONFIGS = {
 VP_CONFIGS = ["sd15_pndm", "sdxl_euler", "if_ddpm"]
 
 
+VP_CLASSES = sorted(n for n, c in jaxsched.SCHEDULERS.items() if c.training_levels == "vp")
+FLOW_CLASSES = sorted(n for n, c in jaxsched.SCHEDULERS.items() if c.training_levels == "flow")
+
+
 @pytest.mark.parametrize("model", VP_CONFIGS)
-@pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
+@pytest.mark.parametrize("name", VP_CLASSES)
 def test_model_configs_load_quietly_into_every_class(model, name):
     """Keys of other diffusers schedulers (PNDM's skip_prk_steps, Euler's interpolation_type,
     DDPM's variance_type) are dropped without a word, as diffusers drops them."""
@@ -520,6 +524,16 @@ def test_a_flow_matching_config_is_no_quietly_different_vp_sampler():
     assert not caught and wan.use_flow_sigmas and wan.prediction_type == "flow_prediction"
 
 
+@pytest.mark.parametrize("name", FLOW_CLASSES)
+def test_flow_model_configs_load_into_the_flow_classes_and_vp_ones_do_not(name):
+    cls = jaxsched.SCHEDULERS[name]
+    sched, caught = _record(cls.from_config, MODEL_CONFIGS["sd3_flow_match_euler"])
+    assert not caught and sched.shift == 3.0 and type(sched) is cls
+    for model in VP_CONFIGS:
+        with pytest.raises(ValueError, match="describes a variance-preserving model"):
+            cls.from_config(MODEL_CONFIGS[model])
+
+
 def test_truly_unknown_keys_still_warn():
     config = {**MODEL_CONFIGS["sd15_pndm"], "not_an_option": 1}
     _, caught = _record(jaxsched.DDIMScheduler.from_config, config)
@@ -529,10 +543,17 @@ def test_truly_unknown_keys_still_warn():
 @pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
 def test_class_style_from_config_round_trips_and_takes_overrides(name):
     cls = jaxsched.SCHEDULERS[name]
-    sched = cls(steps_offset=1, beta_schedule="scaled_linear")
+    if cls.training_levels == "flow":
+        options, override = {"shift": 3.0, "use_karras_sigmas": True}, {"shift": 2.0}
+    else:
+        options, override = (
+            {"steps_offset": 1, "beta_schedule": "scaled_linear"},
+            {"steps_offset": 2},
+        )
+    sched = cls(**options)
     assert cls.from_config(sched.config) == sched
     assert jaxsched.from_config(sched.config) == sched  # no _class_name needed
-    assert cls.from_config(sched.config, steps_offset=2) == sched.replace(steps_offset=2)
+    assert cls.from_config(sched.config, **override) == sched.replace(**override)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,11 @@ SCHEDULERS = {
     "DPM++ inverse": (jaxsched.DPMSolverMultistepInverseScheduler(), {}),
     "DEIS 3": (jaxsched.DEISMultistepScheduler(solver_order=3), {}),
     "DEIS inverse": (jaxsched.DEISMultistepInverseScheduler(), {}),
+    "Flow Euler stochastic": (
+        jaxsched.FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True),
+        {"key": True},
+    ),
+    "Flow Euler inverse": (jaxsched.FlowMatchEulerInverseScheduler(), {}),
 }
 X = jax.random.normal(jax.random.key(0), (2, 3, 4))
 

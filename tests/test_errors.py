@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,16 @@ SHAPE = (2, 3)
 SCHEDULERS = [jaxsched.DDIMScheduler, jaxsched.DDIMInverseScheduler]
 #: Every registered scheduler: the checks written once in the core hold for each.
 REGISTERED = list(jaxsched.SCHEDULERS.values())
+VP_REGISTERED = [cls for cls in REGISTERED if cls.training_levels == "vp"]
+FLOW_REGISTERED = [cls for cls in REGISTERED if cls.training_levels == "flow"]
+
+
+def _training_schedules(cls, values: jax.Array):
+    """A batch of training schedules of ``cls``'s kind, one per value (a beta start or a
+    shift)."""
+    if cls.training_levels == "flow":
+        return jax.vmap(lambda v: jaxsched.flow_schedule(shift=1.0 + v))(values)
+    return jax.vmap(lambda v: jaxsched.noise_schedule(beta_start=v))(values)
 
 
 def _inputs(shape=SHAPE):
@@ -139,11 +150,11 @@ def test_trained_betas_of_right_length_construct(cls):
 @pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_replace_validates_again(cls):
     sched = cls()
-    assert sched.replace(steps_offset=1).steps_offset == 1
-    with pytest.raises(ValueError, match="steps_offset must be >= 0"):
-        sched.replace(steps_offset=-1)
-    with pytest.raises(TypeError, match="beta_start must be a real number"):
-        sched.replace(beta_start="0.001")
+    assert sched.replace(num_train_timesteps=500).num_train_timesteps == 500
+    with pytest.raises(ValueError, match="num_train_timesteps must be >= 1"):
+        sched.replace(num_train_timesteps=0)
+    with pytest.raises(TypeError, match="num_train_timesteps must be an int"):
+        sched.replace(num_train_timesteps="1000")
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -168,7 +179,7 @@ def test_init_num_inference_steps(cls):
             sched.init(bad, SHAPE)
 
 
-@pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("cls", VP_REGISTERED, ids=lambda cls: cls.__name__)
 def test_init_schedule_argument(cls):
     sched = cls()
     good = jaxsched.noise_schedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -199,6 +210,20 @@ def test_init_steps_offset_past_last_timestep(cls):
 
 
 # -- step -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", FLOW_REGISTERED, ids=lambda cls: cls.__name__)
+def test_init_flow_schedule_argument(cls):
+    sched = cls(shift=3.0)
+    good = jaxsched.flow_schedule(shift=3.0)
+    np.testing.assert_array_equal(
+        sched.init(10, SHAPE, schedule=good).timesteps, sched.init(10, SHAPE).timesteps
+    )
+    with pytest.raises(ValueError, match=r"schedule.sigmas has shape \(500,\).*=1000"):
+        sched.init(10, SHAPE, schedule=jaxsched.flow_schedule(500))
+    for bad in (jaxsched.noise_schedule(), good.sigmas, tuple(good)):
+        with pytest.raises(TypeError, match=r"schedule must be a jaxsched\.FlowSchedule"):
+            sched.init(10, SHAPE, schedule=bad)
 
 
 @pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
@@ -233,14 +258,15 @@ def test_step_wrong_timestep(cls):
     right = state.timesteps[0]
     wrong = state.timesteps[1]
 
-    # The right t, as an array or a Python int, is accepted.
+    # The right t, as an array or a Python number, is accepted.
     sched.step(state, eps, right, x)
-    state1, x1 = sched.step(state, eps, int(right), x)
+    state1, x1 = sched.step(state, eps, right.item(), x)
 
-    with pytest.raises(ValueError, match=rf"t={int(wrong)} is not the state's current timestep"):
+    shown = re.escape(str(np.asarray(wrong)))
+    with pytest.raises(ValueError, match=rf"t={shown} is not the state's current timestep"):
         sched.step(state, eps, wrong, x)
     with pytest.raises(ValueError, match=r"pass state\.timesteps\[state\.step_index\]"):
-        sched.step(state, eps, int(right) + 1, x)
+        sched.step(state, eps, right.item() + 1, x)
     # After one step the current timestep is timesteps[1]; timesteps[0] is now wrong.
     sched.step(state1, eps, state1.timesteps[1], x1)
     with pytest.raises(ValueError, match=r"\(step 1 of 5\)"):
@@ -505,9 +531,8 @@ def test_integer_samples_and_dtypes_are_rejected(cls):
 @pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_batched_state_outside_vmap_is_rejected(cls):
     sched = cls()
-    states = jax.vmap(
-        lambda b: sched.init(5, SHAPE, schedule=jaxsched.noise_schedule(beta_start=b))
-    )(jnp.array([1e-4, 2e-4]))
+    schedules = _training_schedules(cls, jnp.array([1e-4, 2e-4]))
+    states = jax.vmap(lambda schedule: sched.init(5, SHAPE, schedule=schedule))(schedules)
     x, eps = _inputs()
     xs, epss = jnp.stack([x, x]), jnp.stack([eps, eps])
     with pytest.raises(ValueError, match="the state is batched"):

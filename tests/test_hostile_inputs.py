@@ -266,7 +266,14 @@ def _option_rows() -> tuple[list[Row], list[Valid]]:
             Valid(f"ctor/{name}/defaults", cls, lambda s: hash(s) is not None),
             Valid(
                 f"ctor/{name}/numpy-scalars",
-                lambda cls=cls: cls(num_train_timesteps=np.int64(500), beta_end=np.float32(0.02)),
+                lambda cls=cls: cls(
+                    num_train_timesteps=np.int64(500),
+                    **(
+                        {"shift": np.float32(3.0)}
+                        if cls.training_levels == "flow"
+                        else {"beta_end": np.float32(0.02)}
+                    ),
+                ),
                 lambda s: type(s.num_train_timesteps) is int,
             ),
             Valid(

@@ -1,5 +1,7 @@
 """Convergence orders of every deterministic solver in the registry, in the style of diffrax's
 order tests: each configuration states the global order it reaches on an exact problem.
+Flow-matching schedulers run the rectified-flow twin: the same mixture's flow ODE
+``dx/ds = E[eps - x0 | x]`` from s = 1 to 0 on N sigmas uniform in s.
 
 The problem: Gaussian-mixture data, whose noise prediction is closed form, on a custom grid
 uniform in lambda = log(alpha / sigma) from sigma 20 to sigma 0.05 (the model is called at the
@@ -19,7 +21,13 @@ import numpy as np
 import pytest
 
 import jaxsched
-from jaxsched.analytic import epsilon_model, probability_flow, random_mixture
+from jaxsched.analytic import (
+    epsilon_model,
+    flow_ode,
+    probability_flow,
+    random_mixture,
+    velocity_model,
+)
 
 STEPS = (32, 64, 128)
 SIGMA_NOISE, SIGMA_DATA = 20.0, 0.05
@@ -54,6 +62,8 @@ ORDERS = [
     (DEIS, {"solver_order": 3}, 3, 2.6, 2.81),
     (DEIS_INV, {"solver_order": 2}, 2, 1.9, 2.04),
     (DEIS_INV, {"solver_order": 3}, 3, 1.9, 2.09),
+    ("FlowMatchEulerDiscreteScheduler", {}, 1, 0.95, 0.98),
+    ("FlowMatchEulerInverseScheduler", {}, 1, 0.95, 0.98),
 ]
 
 
@@ -81,14 +91,30 @@ def problem():
     return mixture, noisy, clean, back
 
 
+@pytest.fixture(scope="module")
+def flow_problem():
+    """The rectified-flow twin: the same mixture's flow ODE from s = 1 to s = 0 and back."""
+    with jax.enable_x64(True):
+        mixture = random_mixture(jax.random.key(0), num_components=8, dim=16)
+        noisy = np.asarray(jax.random.normal(jax.random.key(1), (16, 16), jnp.float64))
+        clean = flow_ode(mixture, noisy, 1.0, 0.0)
+        back = flow_ode(mixture, clean, 0.0, 1.0)
+    return mixture, noisy, clean, back
+
+
 def _errors(problem, sched) -> list[float]:
     mixture, noisy, clean, back = problem
     to_noise = sched.capabilities.direction == "to_noise"
     start, exact = (clean, back) if to_noise else (noisy, clean)
-    model = epsilon_model(mixture, sched.noise_schedule())
+    flow = sched.capabilities.levels == "flow"
+    if flow:  # N flow sigmas uniform from 1, then the final 0 (both directions walk them)
+        model = velocity_model(mixture, sched.num_train_timesteps)
+    else:
+        model = epsilon_model(mixture, sched.noise_schedule())
     errors = []
     for n in STEPS:
-        state = sched.init(None, start.shape, sigmas=_sigmas(n, to_noise))
+        sigmas = np.linspace(1.0, 0.0, n + 1)[:-1] if flow else _sigmas(n, to_noise)
+        state = sched.init(None, start.shape, sigmas=sigmas)
         out = jaxsched.sample(sched, state, model, jnp.asarray(start))
         errors.append(float(np.sqrt(np.mean((np.asarray(out) - exact) ** 2))))
     return errors
@@ -102,12 +128,14 @@ def test_every_deterministic_registered_scheduler_has_an_order():
 
 
 @pytest.mark.parametrize("case", ORDERS, ids=[_id(case) for case in ORDERS])
-def test_global_order_on_the_exact_mixture(problem, case):
+def test_global_order_on_the_exact_mixture(request, case):
     name, options, declared, reached, _measured = case
     with jax.enable_x64(True):
         sched = jaxsched.SCHEDULERS[name](**options)
         assert sched.solver.order == declared
         assert not sched.capabilities.stochastic
+        flow = sched.capabilities.levels == "flow"
+        problem = request.getfixturevalue("flow_problem" if flow else "problem")
         errors = _errors(problem, sched)
     assert np.all(np.diff(errors) < 0), errors
     slope = float(np.log2(errors[-2] / errors[-1]))

@@ -79,7 +79,7 @@ def check_sigma_grid(
             checkify.debug_check(
                 xp.all(values <= limit),
                 "sigmas must lie within the training range (at most sigma_max = {}), got {}",
-                sigma_max,
+                jnp.asarray(sigma_max),
                 values,
             )
         return

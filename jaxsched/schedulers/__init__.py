@@ -7,6 +7,10 @@ from jaxsched.schedulers.dpmsolver import (
     DPMSolverMultistepInverseScheduler,
     DPMSolverMultistepScheduler,
 )
+from jaxsched.schedulers.flow_match import (
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchEulerInverseScheduler,
+)
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.__name__: cls
@@ -17,6 +21,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         DEISMultistepInverseScheduler,
         DPMSolverMultistepScheduler,
         DPMSolverMultistepInverseScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchEulerInverseScheduler,
     )
 }
 
@@ -28,5 +34,7 @@ __all__ = [
     "DEISMultistepScheduler",
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchEulerInverseScheduler",
     "Scheduler",
 ]

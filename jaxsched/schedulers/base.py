@@ -112,6 +112,8 @@ class Scheduler:
     inverse_class_name: ClassVar[str]
     #: ``"to_data"`` (sampling) or ``"to_noise"`` (inversion).
     direction: ClassVar[str] = "to_data"
+    #: The training levels of the models the class samples: ``"vp"`` (betas) or ``"flow"``.
+    training_levels: ClassVar[str] = "vp"
     #: Model calls per step (diffusers' ``order``; 1 for every multistep scheduler too).
     order: ClassVar[int] = 1
     #: Standard deviation of the starting noise (diffusers' ``init_noise_sigma``).

@@ -11,7 +11,17 @@ from jaxsched.schedules.common import (
     noised,
     per_sample,
 )
-from jaxsched.schedules.flow import MU_LIMIT, flow_shift_of_mu, shift_sigmas
+from jaxsched.schedules.flow import (
+    MU_LIMIT,
+    TIME_SHIFT_TYPES,
+    FlowSchedule,
+    calculate_shift,
+    flow_schedule,
+    flow_shift_of_mu,
+    shift_sigmas,
+    stretch_to_terminal,
+    time_shift,
+)
 from jaxsched.schedules.vp import (
     BETA_SCHEDULES,
     NoiseSchedule,
@@ -29,14 +39,18 @@ from jaxsched.schedules.vp import (
 __all__ = [
     "BETA_SCHEDULES",
     "MU_LIMIT",
+    "TIME_SHIFT_TYPES",
+    "FlowSchedule",
     "NoiseSchedule",
     "add_noise",
     "alphas_cumprod_at",
+    "calculate_shift",
     "check_noising_inputs",
     "check_timesteps_type",
     "compute_dtype",
     "cosine_betas",
     "default_float_dtype",
+    "flow_schedule",
     "flow_shift_of_mu",
     "get_velocity",
     "linear_betas",
@@ -47,4 +61,6 @@ __all__ = [
     "rescale_zero_terminal_snr",
     "scaled_linear_betas",
     "shift_sigmas",
+    "stretch_to_terminal",
+    "time_shift",
 ]

@@ -1,0 +1,238 @@
+"""``FlowMatchEulerDiscreteScheduler`` (diffusers' options and defaults) and its inverse, over
+the flow Euler solver (:mod:`jaxsched.solvers.flow_euler`) and the flow-matching grid
+(:mod:`jaxsched.grids.flow`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxsched._checks import (
+    OptionTypeError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_floating_dtype,
+    check_int,
+    concrete_value,
+)
+from jaxsched.grids.flow import FlowGridOptions, flow_match_grid
+from jaxsched.grids.levels import Grid
+from jaxsched.schedulers.base import Scheduler
+from jaxsched.schedules.flow import TIME_SHIFT_TYPES, FlowSchedule, calculate_shift, flow_schedule
+from jaxsched.solvers.flow_euler import FlowEulerSolver
+from jaxsched.state import SchedulerState
+
+#: diffusers' respacing flags of flow sigmas, in its order of precedence.
+FLOW_SPACING_FLAGS = (
+    ("use_karras_sigmas", "karras"),
+    ("use_exponential_sigmas", "exponential"),
+    ("use_beta_sigmas", "beta"),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _FlowMatchBase(Scheduler):
+    """Options shared by the flow-matching Euler schedulers (diffusers' names and defaults)."""
+
+    shift: float = 1.0
+    use_dynamic_shifting: bool = False
+    base_shift: float | None = 0.5
+    max_shift: float | None = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    shift_terminal: float | None = None
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    time_shift_type: str = "exponential"
+    stochastic_sampling: bool = False
+
+    training_levels: ClassVar[str] = "flow"
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_float("shift", self.shift, low=0.0, low_open=True)
+        for flag in ("use_dynamic_shifting", "stochastic_sampling", *dict(FLOW_SPACING_FLAGS)):
+            check_bool(flag, getattr(self, flag))
+        for name in ("base_shift", "max_shift"):
+            if getattr(self, name) is not None:
+                check_float(name, getattr(self, name))
+        check_int("base_image_seq_len", self.base_image_seq_len, minimum=1)
+        check_int("max_image_seq_len", self.max_image_seq_len, minimum=1)
+        if self.shift_terminal is not None:
+            check_float("shift_terminal", self.shift_terminal, low=0.0, high=1.0, high_open=True)
+        check_choice("time_shift_type", self.time_shift_type, TIME_SHIFT_TYPES)
+        if sum(getattr(self, flag) for flag, _ in FLOW_SPACING_FLAGS) > 1:
+            raise ValueError(
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
+            )
+
+    # -- what the family says ------------------------------------------------------------------
+
+    @property
+    def solver(self) -> FlowEulerSolver:
+        return FlowEulerSolver(stochastic_sampling=self.stochastic_sampling)
+
+    def _levels_kind(self) -> str:
+        return "flow"
+
+    def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
+        """The config's training sigmas (shifted by ``shift`` unless the shift is dynamic), or
+        ``schedule`` checked (a :func:`jaxsched.flow_schedule`, whose shift may be traced)."""
+        if schedule is None:
+            return flow_schedule(
+                self.num_train_timesteps, 1.0 if self.use_dynamic_shifting else self.shift
+            )
+        if not isinstance(schedule, FlowSchedule):
+            raise OptionTypeError(
+                f"schedule must be a jaxsched.FlowSchedule (flow_schedule(...)), got "
+                f"{type(schedule).__name__}"
+            )
+        if jnp.ndim(schedule.shift) != 0:
+            raise ValueError(
+                f"schedule.shift must be a scalar, got shape {jnp.shape(schedule.shift)}"
+            )
+        if schedule.sigmas.shape != (self.num_train_timesteps,):
+            raise ValueError(
+                f"schedule.sigmas has shape {schedule.sigmas.shape} but this scheduler has "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+        check_floating_dtype("schedule", schedule.sigmas.dtype)
+        return schedule
+
+    @property
+    def sigma_spacing(self) -> str | None:
+        """The respacing diffusers applies to the shifted sigmas (``None``: none)."""
+        for flag, name in FLOW_SPACING_FLAGS:
+            if getattr(self, flag):
+                return name
+        return None
+
+    def grid_options(self) -> FlowGridOptions:
+        return FlowGridOptions(
+            num_train_timesteps=self.num_train_timesteps,
+            dynamic=self.use_dynamic_shifting,
+            time_shift_type=self.time_shift_type,
+            shift_terminal=self.shift_terminal,
+            spacing=self.sigma_spacing,
+            invert_sigmas=getattr(self, "invert_sigmas", False),
+        )
+
+    def _check_grid_arguments(self, num_inference_steps, timesteps, sigmas) -> None:
+        """As diffusers' ``set_timesteps``: ``N``, custom ``sigmas`` or ``timesteps`` (each
+        ``(N,)``), or both of the two (of one length; ``N`` too when given)."""
+        lengths = {
+            name: len(value)
+            for name, value in (("sigmas", sigmas), ("timesteps", timesteps))
+            if value is not None and jnp.ndim(value) == 1
+        }
+        if not lengths and sigmas is None and timesteps is None:
+            self.check_num_inference_steps(num_inference_steps)
+            return
+        if num_inference_steps is not None:
+            check_int("num_inference_steps", num_inference_steps, minimum=1)
+            lengths["num_inference_steps"] = num_inference_steps
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"sigmas, timesteps and num_inference_steps differ in length: {lengths}"
+            )
+
+    def build_grid(self, schedule, num_inference_steps, *, timesteps, sigmas, mu) -> Grid:
+        """diffusers' grid (:func:`~jaxsched.grids.flow.flow_match_grid`); ``mu`` is needed
+        exactly with ``use_dynamic_shifting`` (exponential: the shift is ``exp(mu)``; linear:
+        ``mu`` itself, which must be > 0)."""
+        if self.use_dynamic_shifting and mu is None:
+            raise ValueError(
+                "use_dynamic_shifting=True needs mu at init (e.g. "
+                "sched.mu_for_image_seq_len(image_seq_len))"
+            )
+        if not self.use_dynamic_shifting and mu is not None:
+            raise ValueError("mu is only used with use_dynamic_shifting=True")
+        if mu is not None and self.time_shift_type == "linear":
+            known = concrete_value(mu)
+            if known is not None and not (known.ndim == 0 and 0 < float(known) < math.inf):
+                raise ValueError("mu must be a finite number > 0 with time_shift_type='linear'")
+        return flow_match_grid(
+            self.grid_options(),
+            schedule,
+            num_inference_steps,
+            sigmas=sigmas,
+            timesteps=timesteps,
+            mu=mu,
+            inverse=self.direction == "to_noise" and not self.grid_options().invert_sigmas,
+        )
+
+    # -- diffusers' helpers -----------------------------------------------------------------------
+
+    def mu_for_image_seq_len(self, image_seq_len):
+        """``mu`` for ``image_seq_len`` latent tokens from this config's ``base_shift``,
+        ``max_shift``, ``base_image_seq_len`` and ``max_image_seq_len``, as the Flux and SD3
+        pipelines' ``calculate_shift`` computes it."""
+        if self.base_shift is None or self.max_shift is None:
+            raise ValueError("mu_for_image_seq_len needs base_shift and max_shift in the config")
+        return calculate_shift(
+            image_seq_len,
+            self.base_image_seq_len,
+            self.max_image_seq_len,
+            self.base_shift,
+            self.max_shift,
+        )
+
+    def scale_noise(self, state: SchedulerState, sample, timestep, noise) -> jax.Array:
+        """diffusers' flow forward process ``s noise + (1 - s) sample`` at the grid level of
+        ``timestep`` (img2img): :meth:`add_noise` with diffusers' argument order."""
+        return self.add_noise(state, sample, noise, timestep)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlowMatchEulerDiscreteScheduler(_FlowMatchBase):
+    """Euler sampling of a flow-matching model (SD3, Flux, Wan, ...), diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` with its defaults.
+
+    The model predicts the velocity ``v = eps - x0`` at ``t = s T``; a step is
+    ``x + (s' - s) v``, or with ``stochastic_sampling`` the x0 prediction re-noised to ``s'``
+    with fresh noise (``key=`` or ``noise=``). ``invert_sigmas`` walks ``1 - s`` toward noise.
+
+    Example::
+
+        sched = jaxsched.FlowMatchEulerDiscreteScheduler(shift=3.0)
+        state = sched.init(28, shape=x.shape)
+        x = jaxsched.sample(sched, state, velocity_model, x)
+    """
+
+    invert_sigmas: bool = False
+
+    inverse_class_name: ClassVar[str] = "FlowMatchEulerInverseScheduler"
+    direction_only_options: ClassVar[tuple[str, ...]] = ("stochastic_sampling",)
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_bool("invert_sigmas", self.invert_sigmas)
+
+    @property
+    def direction(self) -> str:  # type: ignore[override]
+        """``"to_noise"`` with ``invert_sigmas`` (its grid rises to sigma 1), else
+        ``"to_data"``."""
+        return "to_noise" if self.invert_sigmas else "to_data"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlowMatchEulerInverseScheduler(_FlowMatchBase):
+    """Flow-matching Euler inversion (data to noise), a jaxsched class: the forward scheduler's
+    levels walked from 0 up, the model called at the start of each step (``t = s T``, ``t = 0``
+    first), ``x' = x + (s' - s) v``. ``stochastic_sampling`` has no meaning here and must stay
+    False."""
+
+    direction: ClassVar[str] = "to_noise"
+    inverse_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
+    extension_options: ClassVar[tuple[str, ...]] = ()
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.stochastic_sampling:
+            raise ValueError("stochastic_sampling is a sampling option; the inverse is an ODE")
