@@ -23,6 +23,7 @@ from jaxsched.schedulers import (
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchEulerInverseScheduler,
+    FlowMatchHeunDiscreteScheduler,
     Scheduler,
 )
 from jaxsched.schedulers.base import Capabilities
@@ -61,6 +62,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "FlowMatchEulerInverseScheduler",
+    "FlowMatchHeunDiscreteScheduler",
     "FlowSchedule",
     "InversionInfo",
     "NoiseSchedule",

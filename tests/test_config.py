@@ -544,7 +544,7 @@ def test_truly_unknown_keys_still_warn():
 def test_class_style_from_config_round_trips_and_takes_overrides(name):
     cls = jaxsched.SCHEDULERS[name]
     if cls.training_levels == "flow":
-        options, override = {"shift": 3.0, "use_karras_sigmas": True}, {"shift": 2.0}
+        options, override = {"shift": 3.0, "num_train_timesteps": 500}, {"shift": 2.0}
     else:
         options, override = (
             {"steps_offset": 1, "beta_schedule": "scaled_linear"},

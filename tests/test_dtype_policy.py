@@ -29,6 +29,7 @@ SCHEDULERS = {
         {"key": True},
     ),
     "Flow Euler inverse": (jaxsched.FlowMatchEulerInverseScheduler(), {}),
+    "Flow Heun churn": (jaxsched.FlowMatchHeunDiscreteScheduler(), {"s_churn": 1.0, "key": True}),
 }
 X = jax.random.normal(jax.random.key(0), (2, 3, 4))
 

@@ -163,9 +163,13 @@ def test_replace_validates_again(cls):
 @pytest.mark.parametrize("cls", REGISTERED, ids=lambda cls: cls.__name__)
 def test_init_num_inference_steps(cls):
     sched = cls()
-    assert sched.init(1, SHAPE).timesteps.shape == (1,)
-    assert sched.init(1000, SHAPE).timesteps.shape == (1000,)
-    assert sched.init(np.int64(7), SHAPE).timesteps.shape == (7,)
+
+    def calls(n: int) -> tuple[int]:  # one timestep per model call (Heun: two per step)
+        return ((n - 1) * cls.order + 1,)
+
+    assert sched.init(1, SHAPE).timesteps.shape == calls(1)
+    assert sched.init(1000, SHAPE).timesteps.shape == calls(1000)
+    assert sched.init(np.int64(7), SHAPE).timesteps.shape == calls(7)
     with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
         sched.init(0, SHAPE)
     with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
@@ -269,7 +273,7 @@ def test_step_wrong_timestep(cls):
         sched.step(state, eps, right.item() + 1, x)
     # After one step the current timestep is timesteps[1]; timesteps[0] is now wrong.
     sched.step(state1, eps, state1.timesteps[1], x1)
-    with pytest.raises(ValueError, match=r"\(step 1 of 5\)"):
+    with pytest.raises(ValueError, match=rf"\(step 1 of {state.num_inference_steps}\)"):
         sched.step(state1, eps, right, x1)
 
 
@@ -278,9 +282,10 @@ def test_step_past_the_end_eager(cls):
     sched = cls()
     x, eps = _inputs()
     state, x = _run_all_steps(sched, sched.init(3, SHAPE), x, eps)
-    assert int(state.step_index) == 3
+    calls = state.num_inference_steps  # 3 (Heun: 5 model calls)
+    assert int(state.step_index) == calls
     assert bool(jnp.isfinite(x).all())
-    with pytest.raises(ValueError, match="already taken all 3 steps"):
+    with pytest.raises(ValueError, match=f"already taken all {calls} steps"):
         sched.step(state, eps, state.timesteps[-1], x)
 
 
@@ -303,7 +308,7 @@ def test_step_past_the_end_under_jit_is_nan(cls):
     assert over_x.shape == SHAPE
     assert bool(jnp.isnan(over_x).all())
     assert bool(jnp.isnan(over_state.pred_original_sample).all())
-    assert int(over_state.step_index) == 4
+    assert int(over_state.step_index) == state.num_inference_steps + 1
 
 
 def test_step_eta_needs_key_or_noise():
@@ -399,8 +404,8 @@ def test_sample_with_exhausted_state(cls):
     final_state, out = jaxsched.sample(sched, state, _model, x, return_state=True)
     assert out.shape == SHAPE
     assert bool(jnp.isfinite(out).all())
-    assert int(final_state.step_index) == 4
-    with pytest.raises(ValueError, match="already taken all 4 steps"):
+    assert int(final_state.step_index) == state.num_inference_steps
+    with pytest.raises(ValueError, match=f"already taken all {state.num_inference_steps} steps"):
         jaxsched.sample(sched, final_state, _model, out)
 
     # A partly used state runs its remaining steps.

@@ -284,3 +284,109 @@ def test_invert_sigmas_walks_toward_noise_and_the_inverse_class_walks_back():
     np.testing.assert_array_equal(
         np.asarray(inverse.init(6, SHAPE).timesteps), sigmas[::-1][:-1] * np.float32(1000)
     )
+
+
+# -- FlowMatchHeunDiscreteScheduler ---------------------------------------------------------------
+
+HEUN = "FlowMatchHeunDiscreteScheduler"
+HEUN_CASES = [
+    ({}, {}),
+    ({"shift": 3.0}, {}),
+    ({"num_train_timesteps": 100, "shift": 2.0}, {}),
+    ({"shift": 3.0}, {"s_churn": 1.0, "s_tmin": 0.2, "s_tmax": 0.9}),
+    ({}, {"s_churn": 40.0, "s_noise": 1.003}),
+]
+
+
+def _run_heun_side_by_side(config: dict, churn: dict, n: int, begin_index: int | None = None):
+    """Yield ``(i, ours, theirs)`` after every model call of both Heun schedulers."""
+    ref = getattr(diffusers, HEUN)(**config)
+    ref.set_timesteps(n)
+    sched = jaxsched.FlowMatchHeunDiscreteScheduler(**config)
+    state = sched.init(n, SHAPE, begin_index=begin_index)
+    np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy())
+    assert len(ref.timesteps) == 2 * n - 1
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    start = begin_index or 0
+    if begin_index is not None:
+        ref.set_begin_index(begin_index)
+        x0 = rng.standard_normal(SHAPE).astype(np.float32)
+        t = ref.timesteps[begin_index : begin_index + 1].repeat(SHAPE[0])
+        theirs = ref.scale_noise(torch.from_numpy(x0), t, torch.from_numpy(x)).numpy()
+        ours = sched.scale_noise(state, jnp.asarray(x0), jnp.asarray(t.numpy()), jnp.asarray(x))
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-6, atol=1e-6)
+        x = theirs
+    x_ref, x_ours = torch.from_numpy(x), jnp.asarray(x)
+    step = jax.jit(sched.step)
+    for i in range(start, len(ref.timesteps)):
+        t = ref.timesteps[i]
+        noise = rng.standard_normal(SHAPE).astype(np.float32)
+        with mock.patch(
+            "diffusers.schedulers.scheduling_flow_match_heun_discrete.randn_tensor",
+            return_value=torch.from_numpy(noise),
+        ):
+            velocity = torch.from_numpy(_velocity(x_ref.numpy(), float(t)))
+            x_ref = ref.step(velocity, t, x_ref, **churn).prev_sample
+        extra = {"noise": jnp.asarray(noise)} if churn.get("s_churn") else {}
+        v = jnp.asarray(_velocity(np.asarray(x_ours), float(t)))
+        state, x_ours = step(state, v, state.timesteps[i], x_ours, **churn, **extra)
+        yield i, np.asarray(x_ours), x_ref.numpy()
+
+
+@pytest.mark.parametrize("case", HEUN_CASES, ids=[_ids(c) for c in HEUN_CASES])
+@pytest.mark.parametrize("n", [1, 4, 25])
+def test_heun_every_call_matches_diffusers(case, n):
+    config, churn = case
+    calls = 0
+    for i, ours, theirs in _run_heun_side_by_side(config, churn, n):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5, err_msg=f"call {i}")
+        calls += 1
+    assert calls == 2 * n - 1
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+def test_heun_img2img_matches_diffusers(strength):
+    sched = jaxsched.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    begin = jaxsched.begin_index_for_strength(sched, 10, strength)
+    assert begin % 2 == 0
+    calls = 0
+    for i, ours, theirs in _run_heun_side_by_side({"shift": 3.0}, {}, 10, begin_index=begin):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5, err_msg=f"call {i}")
+        calls += 1
+    assert calls == 19 - begin
+
+
+def test_heun_refuses_what_diffusers_set_timesteps_does_not_take_and_mid_step_starts():
+    sched = jaxsched.FlowMatchHeunDiscreteScheduler()
+    with pytest.raises(ValueError, match="takes no custom sigmas"):
+        sched.init(None, SHAPE, sigmas=[1.0, 0.5])
+    with pytest.raises(ValueError, match="begin_index=3 is inside a step"):
+        sched.init(5, SHAPE, begin_index=3)
+    state = sched.init(5, SHAPE)
+    x = jnp.ones(SHAPE)
+    with pytest.raises(ValueError, match="s_churn must lie in"):
+        sched.step(state, x, state.timesteps[0], x, s_churn=-1.0)
+    with pytest.raises(ValueError, match="this step is stochastic"):
+        sched.step(state, x, state.timesteps[0], x, s_churn=0.5)
+    assert sched.capabilities.model_calls_per_step == 2
+
+
+def test_heun_whole_loop_with_traced_churn_matches_the_step_loop():
+    sched = jaxsched.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    state = sched.init(6, SHAPE)
+    x = jax.random.normal(jax.random.key(0), SHAPE)
+    noise = jax.random.normal(jax.random.key(1), (11, *SHAPE))
+
+    def model(x, t):
+        return 0.6 * jnp.tanh(x) - 0.3 + 1e-4 * t
+
+    run = jax.jit(lambda churn: jaxsched.sample(sched, state, model, x, s_churn=churn, noise=noise))
+    eager_state, eager = state, x
+    for i in range(11):
+        t = eager_state.timesteps[i]
+        eager_state, eager = sched.step(
+            eager_state, model(eager, t), t, eager, s_churn=2.0, noise=noise[i]
+        )
+    np.testing.assert_allclose(run(2.0), eager, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(run(0.0), eager)  # the churn is traced, and it matters

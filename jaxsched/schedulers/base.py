@@ -108,8 +108,8 @@ class Scheduler:
 
     num_train_timesteps: int = 1000
 
-    #: Name of the scheduler ``inverse()`` returns.
-    inverse_class_name: ClassVar[str]
+    #: Name of the scheduler ``inverse()`` returns (``None``: the class has none).
+    inverse_class_name: ClassVar[str | None] = None
     #: ``"to_data"`` (sampling) or ``"to_noise"`` (inversion).
     direction: ClassVar[str] = "to_data"
     #: The training levels of the models the class samples: ``"vp"`` (betas) or ``"flow"``.
@@ -236,6 +236,11 @@ class Scheduler:
         lists those set to a non-default value."""
         from jaxsched.schedulers import SCHEDULERS
 
+        if self.inverse_class_name is None:
+            raise ValueError(
+                f"{type(self).__name__} has no inverse scheduler (invert with one whose "
+                "capabilities say it has: its inverse_class_name is set)"
+            )
         target = SCHEDULERS[self.inverse_class_name]
         names = {f.name for f in dataclasses.fields(target)}
         dropped = sorted(
@@ -335,6 +340,12 @@ class Scheduler:
             schedule, num_inference_steps, timesteps=timesteps, sigmas=sigmas, mu=mu
         )
         start = check_begin_index(begin_index, grid.timesteps.shape[0])
+        if start % self.order:
+            raise ValueError(
+                f"begin_index={start} is inside a step: {type(self).__name__} makes "
+                f"{self.order} model calls per step, so a run begins at a multiple of "
+                f"{self.order} (begin_index_for_strength gives one)"
+            )
         solver = self.solver
         state = SchedulerState(
             timesteps=grid.timesteps,

@@ -18,13 +18,15 @@ from jaxsched._checks import (
     check_float,
     check_floating_dtype,
     check_int,
+    check_scalar_in,
     concrete_value,
 )
-from jaxsched.grids.flow import FlowGridOptions, flow_match_grid
+from jaxsched.grids.flow import FlowGridOptions, flow_heun_grid, flow_match_grid
 from jaxsched.grids.levels import Grid
 from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedules.flow import TIME_SHIFT_TYPES, FlowSchedule, calculate_shift, flow_schedule
 from jaxsched.solvers.flow_euler import FlowEulerSolver
+from jaxsched.solvers.flow_heun import FlowHeunSolver
 from jaxsched.state import SchedulerState
 
 #: diffusers' respacing flags of flow sigmas, in its order of precedence.
@@ -33,6 +35,29 @@ FLOW_SPACING_FLAGS = (
     ("use_exponential_sigmas", "exponential"),
     ("use_beta_sigmas", "beta"),
 )
+
+
+def flow_training_schedule(
+    num_train_timesteps: int, shift: float, schedule: FlowSchedule | None
+) -> FlowSchedule:
+    """``flow_schedule(num_train_timesteps, shift)``, or a given ``schedule`` checked: a
+    :class:`FlowSchedule` of ``(num_train_timesteps,)`` sigmas and a scalar shift."""
+    if schedule is None:
+        return flow_schedule(num_train_timesteps, shift)
+    if not isinstance(schedule, FlowSchedule):
+        raise OptionTypeError(
+            f"schedule must be a jaxsched.FlowSchedule (flow_schedule(...)), got "
+            f"{type(schedule).__name__}"
+        )
+    if jnp.ndim(schedule.shift) != 0:
+        raise ValueError(f"schedule.shift must be a scalar, got shape {jnp.shape(schedule.shift)}")
+    if schedule.sigmas.shape != (num_train_timesteps,):
+        raise ValueError(
+            f"schedule.sigmas has shape {schedule.sigmas.shape} but this scheduler has "
+            f"num_train_timesteps={num_train_timesteps}"
+        )
+    check_floating_dtype("schedule", schedule.sigmas.dtype)
+    return schedule
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,26 +109,8 @@ class _FlowMatchBase(Scheduler):
     def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
         """The config's training sigmas (shifted by ``shift`` unless the shift is dynamic), or
         ``schedule`` checked (a :func:`jaxsched.flow_schedule`, whose shift may be traced)."""
-        if schedule is None:
-            return flow_schedule(
-                self.num_train_timesteps, 1.0 if self.use_dynamic_shifting else self.shift
-            )
-        if not isinstance(schedule, FlowSchedule):
-            raise OptionTypeError(
-                f"schedule must be a jaxsched.FlowSchedule (flow_schedule(...)), got "
-                f"{type(schedule).__name__}"
-            )
-        if jnp.ndim(schedule.shift) != 0:
-            raise ValueError(
-                f"schedule.shift must be a scalar, got shape {jnp.shape(schedule.shift)}"
-            )
-        if schedule.sigmas.shape != (self.num_train_timesteps,):
-            raise ValueError(
-                f"schedule.sigmas has shape {schedule.sigmas.shape} but this scheduler has "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
-        check_floating_dtype("schedule", schedule.sigmas.dtype)
-        return schedule
+        shift = 1.0 if self.use_dynamic_shifting else self.shift
+        return flow_training_schedule(self.num_train_timesteps, shift, schedule)
 
     @property
     def sigma_spacing(self) -> str | None:
@@ -236,3 +243,74 @@ class FlowMatchEulerInverseScheduler(_FlowMatchBase):
         super()._validate()
         if self.stochastic_sampling:
             raise ValueError("stochastic_sampling is a sampling option; the inverse is an ODE")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlowMatchHeunDiscreteScheduler(Scheduler):
+    """Heun sampling of a flow-matching model, diffusers' ``FlowMatchHeunDiscreteScheduler``
+    with its defaults: two model calls per step (``order = 2``), so ``state.timesteps`` lists
+    ``2N - 1`` calls, as diffusers' ``timesteps`` does (the last step is Euler to 0). It has no
+    inverse class: invert flow models with ``FlowMatchEulerInverseScheduler``.
+
+    ``step`` takes Karras et al.'s churn: ``s_churn`` (0: deterministic; may be traced, then
+    ``key`` or ``noise`` is required), ``s_tmin``, ``s_tmax``, ``s_noise``.
+    """
+
+    shift: float = 1.0
+
+    order: ClassVar[int] = 2
+    training_levels: ClassVar[str] = "flow"
+    step_params: ClassVar[dict] = {
+        "s_churn": 0.0,
+        "s_tmin": 0.0,
+        "s_tmax": math.inf,
+        "s_noise": 1.0,
+    }
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_float("shift", self.shift, low=0.0, low_open=True)
+
+    @property
+    def solver(self) -> FlowHeunSolver:
+        return FlowHeunSolver()
+
+    def _levels_kind(self) -> str:
+        return "flow"
+
+    def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
+        """The config's training sigmas, or ``schedule`` checked."""
+        return flow_training_schedule(self.num_train_timesteps, self.shift, schedule)
+
+    def build_grid(self, schedule, num_inference_steps, *, timesteps, sigmas, mu) -> Grid:
+        """diffusers' grid, one row per model call (:func:`~jaxsched.grids.flow.flow_heun_grid`);
+        its ``set_timesteps`` takes only ``num_inference_steps``."""
+        given = [
+            name
+            for name, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu))
+            if v is not None
+        ]
+        if given:
+            raise ValueError(
+                f"FlowMatchHeunDiscreteScheduler takes no custom {given[0]} (diffusers' "
+                "set_timesteps takes only num_inference_steps)"
+            )
+        options = FlowGridOptions(
+            num_train_timesteps=self.num_train_timesteps,
+            dynamic=False,
+            time_shift_type="exponential",
+            shift_terminal=None,
+            spacing=None,
+            invert_sigmas=False,
+        )
+        return flow_heun_grid(options, schedule, num_inference_steps)
+
+    def check_step_values(self, params: dict) -> None:
+        """``s_churn >= 0`` and the other churn options real scalars (or traced)."""
+        check_scalar_in("s_churn", params["s_churn"], 0.0, math.inf)
+        for name in ("s_tmin", "s_tmax", "s_noise"):
+            check_scalar_in(name, params[name], -math.inf, math.inf)
+
+    def scale_noise(self, state: SchedulerState, sample, timestep, noise) -> jax.Array:
+        """diffusers' flow forward process at the grid level of ``timestep`` (img2img)."""
+        return self.add_noise(state, sample, noise, timestep)
