@@ -15,7 +15,7 @@ import torch
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 
 import jaxsched
-from jaxsched.analytic import epsilon_model, random_mixture
+from jaxsched.analytic import epsilon_model, random_mixture, velocity_model
 
 SHAPE = (2, 3, 4, 4)
 DATA_STD = 0.6
@@ -284,7 +284,10 @@ def round_trip_error(sched, num_inference_steps: int) -> float:
     regenerating them with ``sched``, with the exact noise prediction (4 components in 8-D,
     128 points)."""
     mixture = random_mixture(jax.random.key(0), num_components=4, dim=8)
-    model = epsilon_model(mixture, sched.noise_schedule())
+    if sched.capabilities.levels == "flow":
+        model = velocity_model(mixture, sched.num_train_timesteps)
+    else:
+        model = epsilon_model(mixture, sched.noise_schedule())
     x0 = mixture.sample(jax.random.key(1), 128)
     latent = jaxsched.invert(sched, model, x0, num_inference_steps)
     return regeneration_error(sched, model, x0, latent, num_inference_steps)

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxsched
 
@@ -390,3 +392,38 @@ def test_heun_whole_loop_with_traced_churn_matches_the_step_loop():
         )
     np.testing.assert_allclose(run(2.0), eager, rtol=1e-5, atol=1e-5)
     assert not np.allclose(run(0.0), eager)  # the churn is traced, and it matters
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shift=st.sampled_from([1.0, 1.7, 3.0, 6.0]),
+    dynamic=st.sampled_from([None, "exponential", "linear"]),
+    terminal=st.sampled_from([None, 0.02, 0.3]),
+    spacing=st.sampled_from([None, "use_karras_sigmas", "use_exponential_sigmas"]),
+    invert=st.booleans(),
+    stochastic=st.booleans(),
+    n=st.integers(2, 30),
+    train=st.sampled_from([1000, 250]),
+)
+def test_random_configurations_match_diffusers(
+    shift, dynamic, terminal, spacing, invert, stochastic, n, train
+):
+    """A randomized differential test: any combination of the options, step by step."""
+    config = {
+        "shift": shift,
+        "shift_terminal": terminal,
+        "invert_sigmas": invert,
+        "stochastic_sampling": stochastic,
+        "num_train_timesteps": train,
+    }
+    kwargs = {}
+    if dynamic is not None:
+        config |= {"use_dynamic_shifting": True, "time_shift_type": dynamic}
+        kwargs["mu"] = 0.8 if dynamic == "exponential" else 2.0
+    if spacing is not None:
+        config[spacing] = True
+    steps = 0
+    for i, ours, theirs in _run_side_by_side(config, kwargs, n):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-5, err_msg=f"step {i}")
+        steps += 1
+    assert steps == n

@@ -75,7 +75,8 @@ def flow_schedule(num_train_timesteps: int = 1000, shift=1.0) -> FlowSchedule:
     if isinstance(shift, jax.core.Tracer):
         return FlowSchedule(shift_sigmas(jnp.asarray(sigmas), shift), jnp.asarray(shift))
     shifted = jnp.asarray(shift_sigmas(sigmas, float(shift)), jnp.float32)
-    return FlowSchedule(shifted, jnp.asarray(shift, jnp.float32))
+    # The shift stays a float64 NumPy scalar: the grid shifts again in float64, as diffusers.
+    return FlowSchedule(shifted, np.asarray(float(shift)))
 
 
 def time_shift(sigmas, mu, kind: str):
