@@ -260,8 +260,10 @@ def test_bad_options_name_the_option(option, value, fragment):
 def test_two_spacings_and_a_stochastic_inverse_are_refused():
     with pytest.raises(ValueError, match="only one of use_karras_sigmas"):
         jaxsched.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True, use_beta_sigmas=True)
-    with pytest.raises(ValueError, match="stochastic_sampling is a sampling option"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stochastic_sampling'"):
         jaxsched.FlowMatchEulerInverseScheduler(stochastic_sampling=True)
+    inverse = jaxsched.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).inverse()
+    assert not inverse.capabilities.stochastic  # the option is dropped without a word
 
 
 def test_unused_diffusers_step_arguments_are_refused():

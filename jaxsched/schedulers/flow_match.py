@@ -75,14 +75,13 @@ class _FlowMatchBase(Scheduler):
     use_exponential_sigmas: bool = False
     use_beta_sigmas: bool = False
     time_shift_type: str = "exponential"
-    stochastic_sampling: bool = False
 
     training_levels: ClassVar[str] = "flow"
 
     def _validate(self) -> None:
         super()._validate()
         check_float("shift", self.shift, low=0.0, low_open=True)
-        for flag in ("use_dynamic_shifting", "stochastic_sampling", *dict(FLOW_SPACING_FLAGS)):
+        for flag in ("use_dynamic_shifting", *dict(FLOW_SPACING_FLAGS)):
             check_bool(flag, getattr(self, flag))
         for name in ("base_shift", "max_shift"):
             if getattr(self, name) is not None:
@@ -101,7 +100,7 @@ class _FlowMatchBase(Scheduler):
 
     @property
     def solver(self) -> FlowEulerSolver:
-        return FlowEulerSolver(stochastic_sampling=self.stochastic_sampling)
+        return FlowEulerSolver()
 
     def _levels_kind(self) -> str:
         return "flow"
@@ -213,6 +212,7 @@ class FlowMatchEulerDiscreteScheduler(_FlowMatchBase):
     """
 
     invert_sigmas: bool = False
+    stochastic_sampling: bool = False
 
     inverse_class_name: ClassVar[str] = "FlowMatchEulerInverseScheduler"
     direction_only_options: ClassVar[tuple[str, ...]] = ("stochastic_sampling",)
@@ -220,6 +220,11 @@ class FlowMatchEulerDiscreteScheduler(_FlowMatchBase):
     def _validate(self) -> None:
         super()._validate()
         check_bool("invert_sigmas", self.invert_sigmas)
+        check_bool("stochastic_sampling", self.stochastic_sampling)
+
+    @property
+    def solver(self) -> FlowEulerSolver:
+        return FlowEulerSolver(stochastic_sampling=self.stochastic_sampling)
 
     @property
     def direction(self) -> str:  # type: ignore[override]
@@ -232,17 +237,12 @@ class FlowMatchEulerDiscreteScheduler(_FlowMatchBase):
 class FlowMatchEulerInverseScheduler(_FlowMatchBase):
     """Flow-matching Euler inversion (data to noise), a jaxsched class: the forward scheduler's
     levels walked from 0 up, the model called at the start of each step (``t = s T``, ``t = 0``
-    first), ``x' = x + (s' - s) v``. ``stochastic_sampling`` has no meaning here and must stay
-    False."""
+    first), ``x' = x + (s' - s) v``: an ODE, so it has no ``stochastic_sampling`` (``inverse()``
+    of a stochastic sampler drops it)."""
 
     direction: ClassVar[str] = "to_noise"
     inverse_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     extension_options: ClassVar[tuple[str, ...]] = ()
-
-    def _validate(self) -> None:
-        super()._validate()
-        if self.stochastic_sampling:
-            raise ValueError("stochastic_sampling is a sampling option; the inverse is an ODE")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
