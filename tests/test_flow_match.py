@@ -69,6 +69,14 @@ def _run_side_by_side(config: dict, kwargs: dict, n: int, begin_index: int | Non
     sched = jaxsched.FlowMatchEulerDiscreteScheduler(**config)
     num = ours_grid.pop("num_inference_steps", None)
     state = sched.init(num, SHAPE, begin_index=begin_index, **ours_grid)
+    stochastic = bool(config.get("stochastic_sampling"))
+    yield from _step_both(ref, sched, state, {}, stochastic, begin_index)
+
+
+def _step_both(ref, sched, state, step_kwargs: dict, stochastic: bool, begin_index):
+    """Yield ``(i, ours, theirs)`` after every model call of diffusers' ``ref`` and ``sched``
+    from the same start (noised to the begin index with ``scale_noise``, as img2img does),
+    feeding both the same velocity and, where ``stochastic``, the same noise."""
     np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy())
     rng = np.random.default_rng(0)
     x = rng.standard_normal(SHAPE).astype(np.float32)
@@ -82,19 +90,16 @@ def _run_side_by_side(config: dict, kwargs: dict, n: int, begin_index: int | Non
         x = theirs
     x_ref, x_ours = torch.from_numpy(x), jnp.asarray(x)
     step = jax.jit(sched.step)
-    start = begin_index or 0
-    for i in range(start, len(ref.timesteps)):
+    draws = f"{type(ref).__module__}.randn_tensor"
+    for i in range(begin_index or 0, len(ref.timesteps)):
         t = ref.timesteps[i]
         noise = rng.standard_normal(SHAPE).astype(np.float32)
-        with mock.patch(
-            "diffusers.schedulers.scheduling_flow_match_euler_discrete.randn_tensor",
-            return_value=torch.from_numpy(noise),
-        ):
-            x_ref = ref.step(torch.from_numpy(_velocity(x_ref.numpy(), float(t))), t, x_ref)
-            x_ref = x_ref.prev_sample
-        extra = {"noise": jnp.asarray(noise)} if config.get("stochastic_sampling") else {}
+        with mock.patch(draws, return_value=torch.from_numpy(noise)):
+            velocity = torch.from_numpy(_velocity(x_ref.numpy(), float(t)))
+            x_ref = ref.step(velocity, t, x_ref, **step_kwargs).prev_sample
+        extra = {"noise": jnp.asarray(noise)} if stochastic else {}
         v = jnp.asarray(_velocity(np.asarray(x_ours), float(t)))
-        state, x_ours = step(state, v, state.timesteps[i], x_ours, **extra)
+        state, x_ours = step(state, v, state.timesteps[i], x_ours, **step_kwargs, **extra)
         yield i, np.asarray(x_ours), x_ref.numpy()
 
 
@@ -306,36 +311,10 @@ def _run_heun_side_by_side(config: dict, churn: dict, n: int, begin_index: int |
     """Yield ``(i, ours, theirs)`` after every model call of both Heun schedulers."""
     ref = getattr(diffusers, HEUN)(**config)
     ref.set_timesteps(n)
+    assert len(ref.timesteps) == 2 * n - 1
     sched = jaxsched.FlowMatchHeunDiscreteScheduler(**config)
     state = sched.init(n, SHAPE, begin_index=begin_index)
-    np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps.numpy())
-    assert len(ref.timesteps) == 2 * n - 1
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(SHAPE).astype(np.float32)
-    start = begin_index or 0
-    if begin_index is not None:
-        ref.set_begin_index(begin_index)
-        x0 = rng.standard_normal(SHAPE).astype(np.float32)
-        t = ref.timesteps[begin_index : begin_index + 1].repeat(SHAPE[0])
-        theirs = ref.scale_noise(torch.from_numpy(x0), t, torch.from_numpy(x)).numpy()
-        ours = sched.scale_noise(state, jnp.asarray(x0), jnp.asarray(t.numpy()), jnp.asarray(x))
-        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-6, atol=1e-6)
-        x = theirs
-    x_ref, x_ours = torch.from_numpy(x), jnp.asarray(x)
-    step = jax.jit(sched.step)
-    for i in range(start, len(ref.timesteps)):
-        t = ref.timesteps[i]
-        noise = rng.standard_normal(SHAPE).astype(np.float32)
-        with mock.patch(
-            "diffusers.schedulers.scheduling_flow_match_heun_discrete.randn_tensor",
-            return_value=torch.from_numpy(noise),
-        ):
-            velocity = torch.from_numpy(_velocity(x_ref.numpy(), float(t)))
-            x_ref = ref.step(velocity, t, x_ref, **churn).prev_sample
-        extra = {"noise": jnp.asarray(noise)} if churn.get("s_churn") else {}
-        v = jnp.asarray(_velocity(np.asarray(x_ours), float(t)))
-        state, x_ours = step(state, v, state.timesteps[i], x_ours, **churn, **extra)
-        yield i, np.asarray(x_ours), x_ref.numpy()
+    yield from _step_both(ref, sched, state, churn, bool(churn.get("s_churn")), begin_index)
 
 
 @pytest.mark.parametrize("case", HEUN_CASES, ids=[_ids(c) for c in HEUN_CASES])
