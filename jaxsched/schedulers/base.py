@@ -175,7 +175,8 @@ class Scheduler:
         return "zero"
 
     def _levels_kind(self) -> str:
-        return "vp"
+        """The kind of the grid's levels: the training levels' unless a class maps them."""
+        return self.training_levels
 
     # -- configuration ---------------------------------------------------------------------------
 

@@ -61,10 +61,37 @@ def flow_training_schedule(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _FlowMatchBase(Scheduler):
-    """Options shared by the flow-matching Euler schedulers (diffusers' names and defaults)."""
+class _FlowTrained(Scheduler):
+    """A scheduler of flow-matching models: flow training levels shifted by ``shift``, and
+    diffusers' ``scale_noise``."""
 
     shift: float = 1.0
+
+    training_levels: ClassVar[str] = "flow"
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_float("shift", self.shift, low=0.0, low_open=True)
+
+    def _training_shift(self) -> float:
+        """The shift of the training sigmas."""
+        return self.shift
+
+    def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
+        """The config's training sigmas, or ``schedule`` checked (a
+        :func:`jaxsched.flow_schedule`, whose shift may be traced)."""
+        return flow_training_schedule(self.num_train_timesteps, self._training_shift(), schedule)
+
+    def scale_noise(self, state: SchedulerState, sample, timestep, noise) -> jax.Array:
+        """diffusers' flow forward process ``s noise + (1 - s) sample`` at the grid level of
+        ``timestep`` (img2img): :meth:`add_noise` with diffusers' argument order."""
+        return self.add_noise(state, sample, noise, timestep)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _FlowMatchBase(_FlowTrained):
+    """Options shared by the flow-matching Euler schedulers (diffusers' names and defaults)."""
+
     use_dynamic_shifting: bool = False
     base_shift: float | None = 0.5
     max_shift: float | None = 1.15
@@ -76,11 +103,8 @@ class _FlowMatchBase(Scheduler):
     use_beta_sigmas: bool = False
     time_shift_type: str = "exponential"
 
-    training_levels: ClassVar[str] = "flow"
-
     def _validate(self) -> None:
         super()._validate()
-        check_float("shift", self.shift, low=0.0, low_open=True)
         for flag in ("use_dynamic_shifting", *dict(FLOW_SPACING_FLAGS)):
             check_bool(flag, getattr(self, flag))
         for name in ("base_shift", "max_shift"):
@@ -102,14 +126,9 @@ class _FlowMatchBase(Scheduler):
     def solver(self) -> FlowEulerSolver:
         return FlowEulerSolver()
 
-    def _levels_kind(self) -> str:
-        return "flow"
-
-    def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
-        """The config's training sigmas (shifted by ``shift`` unless the shift is dynamic), or
-        ``schedule`` checked (a :func:`jaxsched.flow_schedule`, whose shift may be traced)."""
-        shift = 1.0 if self.use_dynamic_shifting else self.shift
-        return flow_training_schedule(self.num_train_timesteps, shift, schedule)
+    def _training_shift(self) -> float:
+        """``shift``, or 1 with dynamic shifting (``mu`` shifts the grid at ``init``)."""
+        return 1.0 if self.use_dynamic_shifting else self.shift
 
     @property
     def sigma_spacing(self) -> str | None:
@@ -189,11 +208,6 @@ class _FlowMatchBase(Scheduler):
             self.max_shift,
         )
 
-    def scale_noise(self, state: SchedulerState, sample, timestep, noise) -> jax.Array:
-        """diffusers' flow forward process ``s noise + (1 - s) sample`` at the grid level of
-        ``timestep`` (img2img): :meth:`add_noise` with diffusers' argument order."""
-        return self.add_noise(state, sample, noise, timestep)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FlowMatchEulerDiscreteScheduler(_FlowMatchBase):
@@ -246,7 +260,7 @@ class FlowMatchEulerInverseScheduler(_FlowMatchBase):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FlowMatchHeunDiscreteScheduler(Scheduler):
+class FlowMatchHeunDiscreteScheduler(_FlowTrained):
     """Heun sampling of a flow-matching model, diffusers' ``FlowMatchHeunDiscreteScheduler``
     with its defaults: two model calls per step (``order = 2``), so ``state.timesteps`` lists
     ``2N - 1`` calls, as diffusers' ``timesteps`` does (the last step is Euler to 0). It has no
@@ -256,10 +270,7 @@ class FlowMatchHeunDiscreteScheduler(Scheduler):
     ``key`` or ``noise`` is required), ``s_tmin``, ``s_tmax``, ``s_noise``.
     """
 
-    shift: float = 1.0
-
     order: ClassVar[int] = 2
-    training_levels: ClassVar[str] = "flow"
     step_params: ClassVar[dict] = {
         "s_churn": 0.0,
         "s_tmin": 0.0,
@@ -267,20 +278,9 @@ class FlowMatchHeunDiscreteScheduler(Scheduler):
         "s_noise": 1.0,
     }
 
-    def _validate(self) -> None:
-        super()._validate()
-        check_float("shift", self.shift, low=0.0, low_open=True)
-
     @property
     def solver(self) -> FlowHeunSolver:
         return FlowHeunSolver()
-
-    def _levels_kind(self) -> str:
-        return "flow"
-
-    def training_schedule(self, schedule: FlowSchedule | None = None) -> FlowSchedule:
-        """The config's training sigmas, or ``schedule`` checked."""
-        return flow_training_schedule(self.num_train_timesteps, self.shift, schedule)
 
     def build_grid(self, schedule, num_inference_steps, *, timesteps, sigmas, mu) -> Grid:
         """diffusers' grid, one row per model call (:func:`~jaxsched.grids.flow.flow_heun_grid`);
@@ -310,7 +310,3 @@ class FlowMatchHeunDiscreteScheduler(Scheduler):
         check_scalar_in("s_churn", params["s_churn"], 0.0, math.inf)
         for name in ("s_tmin", "s_tmax", "s_noise"):
             check_scalar_in(name, params[name], -math.inf, math.inf)
-
-    def scale_noise(self, state: SchedulerState, sample, timestep, noise) -> jax.Array:
-        """diffusers' flow forward process at the grid level of ``timestep`` (img2img)."""
-        return self.add_noise(state, sample, noise, timestep)
