@@ -122,6 +122,31 @@ def _check_same_model(target: type[Scheduler], config: Mapping[str, Any], option
     )
 
 
+#: The flow shift's name in each kind of class: the flow-matching schedulers' and the multistep
+#: solvers' (with ``use_flow_sigmas``).
+_SHIFT_NAMES = ("shift", "flow_shift")
+
+
+def _check_shift_carried(target: type[Scheduler], config: Mapping[str, Any], options: dict):
+    """A flow model's shift under the other class kind's name would be dropped, and the
+    sampler would quietly run at shift 1 (diffusers does): raise, naming the option to pass.
+    A dynamically shifted config (Flux) carries ``use_dynamic_shifting`` instead."""
+    names = {f.name for f in dataclasses.fields(target)}
+    own = next((name for name in _SHIFT_NAMES if name in names), None)
+    if own is None or own in options or config.get("use_dynamic_shifting"):
+        return
+    if own == "flow_shift" and not options.get("use_flow_sigmas"):
+        return
+    other = next(name for name in _SHIFT_NAMES if name != own)
+    value = config.get(other, 1.0)
+    if value is not None and value != 1.0:
+        source = config.get("_class_name") or "this config"
+        raise ValueError(
+            f"{source} sets {other}={value}, which {target.__name__} calls {own}: pass "
+            f"{own}={value} to keep the model's shift ({own}=1.0 to drop it, as diffusers does)"
+        )
+
+
 def from_config(
     config: Mapping[str, Any] | str | os.PathLike, cls: str | type[Scheduler] | None = None
 ) -> Scheduler:
@@ -133,7 +158,9 @@ def from_config(
     another diffusers scheduler (a PNDM config's ``skip_prk_steps`` loaded into DDIM), or
     jaxsched extension options of another class, are dropped quietly; any other unknown key
     gives one warning that lists them. A flow-matching config (SD3, Flux, Wan) loaded into a
-    scheduler that would run it as a variance-preserving model raises ``ValueError``.
+    scheduler that would run it as a variance-preserving model raises ``ValueError``, and so
+    does a flow shift that the target class names otherwise (``shift`` / ``flow_shift``) and
+    would quietly drop.
     """
     config = load_config(config)
     target = _scheduler_class(cls, config)
@@ -146,6 +173,7 @@ def from_config(
     names = {f.name for f in dataclasses.fields(target)}
     options = {k: v for k, v in config.items() if k in names}
     _check_same_model(target, config, options)
+    _check_shift_carried(target, config, options)
     extensions = (option for other in SCHEDULERS.values() for option in other.extension_options)
     elsewhere = frozenset().union(*diffusers_scheduler_options().values(), extensions)
     unknown = sorted(

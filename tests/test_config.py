@@ -458,6 +458,33 @@ MODEL_CONFIGS = {
         "num_train_timesteps": 1000,
         "shift": 3.0,
     },
+    "flux_dev": {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "_diffusers_version": "0.30.0.dev0",
+        "base_image_seq_len": 256,
+        "base_shift": 0.5,
+        "max_image_seq_len": 4096,
+        "max_shift": 1.15,
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+    },
+    "ltx_video": {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "_diffusers_version": "0.32.0.dev0",
+        "base_image_seq_len": 1024,
+        "base_shift": 0.95,
+        "invert_sigmas": False,
+        "max_image_seq_len": 4096,
+        "max_shift": 2.05,
+        "num_train_timesteps": 1000,
+        "shift": 1.0,
+        "shift_terminal": 0.1,
+        "use_beta_sigmas": False,
+        "use_dynamic_shifting": True,
+        "use_exponential_sigmas": False,
+        "use_karras_sigmas": False,
+    },
     "wan_unipc": {
         "_class_name": "UniPCMultistepScheduler",
         "_diffusers_version": "0.33.0.dev0",
@@ -522,6 +549,71 @@ def test_a_flow_matching_config_is_no_quietly_different_vp_sampler():
         jaxsched.DPMSolverMultistepScheduler.from_config, MODEL_CONFIGS["wan_unipc"]
     )
     assert not caught and wan.use_flow_sigmas and wan.prediction_type == "flow_prediction"
+
+
+#: Flow-model configs, each with the scheduler class, options and ``set_timesteps`` arguments
+#: its diffusers pipeline uses: SD3's fixed shift, Flux's and LTX's resolution-dependent ``mu``
+#: (``calculate_shift`` of the image sequence length) with the pipeline's own sigmas, and Wan's
+#: UniPC config (flow_shift 3) loaded into flow-matching Euler, as its docs swap schedulers.
+N_FLOW = 12
+_FLUX_SIGMAS = np.linspace(1.0, 1.0 / N_FLOW, N_FLOW)
+FLOW_PIPELINES = [
+    ("sd3_flow_match_euler", "FlowMatchEulerDiscreteScheduler", {}, {}),
+    ("sd3_flow_match_euler", "FlowMatchHeunDiscreteScheduler", {}, {}),
+    ("flux_dev", "FlowMatchEulerDiscreteScheduler", {}, {"sigmas": _FLUX_SIGMAS, "seq_len": 4096}),
+    ("ltx_video", "FlowMatchEulerDiscreteScheduler", {}, {"sigmas": _FLUX_SIGMAS, "seq_len": 1536}),
+    ("wan_unipc", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "overrides", "grid"),
+    FLOW_PIPELINES,
+    ids=[f"{m}-{n.removeprefix('FlowMatch')}" for m, n, *_ in FLOW_PIPELINES],
+)
+def test_flow_model_configs_build_the_pipelines_grid(model, name, overrides, grid):
+    """Each flow model's config builds the class and the timesteps and sigmas diffusers builds
+    from the same config and pipeline arguments (SD3, Flux, LTX-Video, Wan)."""
+    config = {**MODEL_CONFIGS[model], **overrides}
+    if name == config["_class_name"]:
+        sched, caught = _record(jaxsched.from_config, config)
+        assert not caught and type(sched).__name__ == name
+    sched, caught = _record(jaxsched.SCHEDULERS[name].from_config, config)
+    assert not caught and type(sched).__name__ == name
+    reference = getattr(diffusers, name).from_config(config)
+    kwargs = {}
+    if "seq_len" in grid:
+        kwargs["mu"] = jaxsched.calculate_shift(
+            grid["seq_len"],
+            sched.base_image_seq_len,
+            sched.max_image_seq_len,
+            sched.base_shift,
+            sched.max_shift,
+        )
+    if "sigmas" in grid:
+        reference.set_timesteps(sigmas=grid["sigmas"], **kwargs)
+        state = sched.init(None, (1,), sigmas=grid["sigmas"], **kwargs)
+    else:
+        reference.set_timesteps(N_FLOW, **kwargs)
+        state = sched.init(N_FLOW, (1,), **kwargs)
+    np.testing.assert_allclose(state.timesteps, reference.timesteps.numpy(), rtol=1e-6)
+
+
+def test_a_flow_shift_under_the_other_name_is_not_dropped_quietly():
+    """diffusers drops Wan's ``flow_shift`` when its config builds flow-matching Euler, and
+    SD3's ``shift`` when it builds DPM-Solver with flow sigmas: both samplers then run at
+    shift 1. jaxsched refuses and names the option to pass."""
+    with pytest.raises(ValueError, match=r"sets flow_shift=3\.0, .* pass shift=3\.0"):
+        jaxsched.FlowMatchEulerDiscreteScheduler.from_config(MODEL_CONFIGS["wan_unipc"])
+    flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+    with pytest.raises(ValueError, match=r"sets shift=3\.0, .* pass flow_shift=3\.0"):
+        jaxsched.DEISMultistepScheduler.from_config(MODEL_CONFIGS["sd3_flow_match_euler"], **flow)
+    dropped = jaxsched.FlowMatchEulerDiscreteScheduler.from_config(
+        MODEL_CONFIGS["wan_unipc"], shift=1.0
+    )
+    assert dropped.shift == 1.0
+    flux = jaxsched.DPMSolverMultistepScheduler.from_config(MODEL_CONFIGS["flux_dev"], **flow)
+    assert flux.use_dynamic_shifting and flux.flow_shift == 1.0  # mu at init sets the shift
 
 
 @pytest.mark.parametrize("name", FLOW_CLASSES)
