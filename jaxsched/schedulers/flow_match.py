@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsched._checks import (
     OptionTypeError,
@@ -154,7 +155,7 @@ class _FlowMatchBase(_FlowTrained):
         lengths = {
             name: len(value)
             for name, value in (("sigmas", sigmas), ("timesteps", timesteps))
-            if value is not None and jnp.ndim(value) == 1
+            if value is not None and np.ndim(value) == 1
         }
         if not lengths and sigmas is None and timesteps is None:
             self.check_num_inference_steps(num_inference_steps)
