@@ -1,7 +1,8 @@
 """The ``jaxsched`` command line.
 
-- ``jaxsched demo``: a Flax denoiser trained on 8x8 digits (weights shipped) sampled with every
-  scheduler and inverted with every inverse scheduler; pictures, metrics and a table.
+- ``jaxsched demo``: two Flax denoisers trained on 8x8 digits (noise prediction and flow
+  matching; weights shipped) sampled with every scheduler and inverted with every inverse
+  scheduler; pictures, metrics and a table.
 - ``jaxsched example``: DDIM sample + invert on an exact Gaussian-mixture model.
 """
 
@@ -79,13 +80,14 @@ def _example(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from jaxsched.demo.denoiser import FLOW_WEIGHTS, WEIGHTS
     from jaxsched.demo.run import format_table, run_demo
 
-    weights = args.weights
+    weights, flow_weights = args.weights or WEIGHTS, args.flow_weights or FLOW_WEIGHTS
     if args.train:
-        weights = _train(args)
+        weights, flow_weights = _train(args)
     print(f"jaxsched demo: 8x8 digits, {jax.default_backend()}; writing to {args.out}/")
-    metrics = run_demo(args.out, weights=weights, seed=args.seed)
+    metrics = run_demo(args.out, weights=weights, flow_weights=flow_weights, seed=args.seed)
     print(format_table(metrics))
     print(
         f"wrote {args.out}/samples.png, {args.out}/inversion.png, {args.out}/trajectory.png, "
@@ -93,26 +95,36 @@ def _demo(args: argparse.Namespace) -> None:
     )
 
 
-def _train(args: argparse.Namespace) -> Path:
-    """Retrain the demo denoiser from scratch with a progress bar; return the weights' path."""
+def _train(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Retrain both demo denoisers (noise prediction, then flow matching) from scratch with a
+    progress bar each; return the two weights' paths."""
     from tqdm import tqdm
 
-    from jaxsched.demo.denoiser import save_params
+    from jaxsched.demo.denoiser import FLOW_WEIGHTS, WEIGHTS, save_params
     from jaxsched.demo.digits import load_digits
     from jaxsched.demo.train import train
 
     train_set, _ = load_digits()
-    with tqdm(total=args.train_steps, desc="training", unit="step") as bar:
-
-        def progress(step: int, loss: float) -> None:
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4f}")
-
-        params = train(train_set.images, steps=args.train_steps, seed=args.seed, on_step=progress)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = save_params(params, Path(args.out) / "digits_denoiser.msgpack")
-    print(f"saved the new weights to {path}")
-    return path
+    paths = []
+    for objective, shipped in (("epsilon", WEIGHTS), ("flow", FLOW_WEIGHTS)):
+        with tqdm(total=args.train_steps, desc=f"training ({objective})", unit="step") as bar:
+
+            def progress(step: int, loss: float) -> None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+            params = train(
+                train_set.images,
+                steps=args.train_steps,
+                seed=args.seed,
+                objective=objective,
+                on_step=progress,
+            )
+        path = save_params(params, Path(args.out) / shipped.name)
+        print(f"saved the new {objective} weights to {path}")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def positive_int(text: str) -> int:
@@ -140,12 +152,21 @@ def weights_file(text: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="jaxsched", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="sample and invert 8x8 digits with every scheduler")
+    demo = commands.add_parser(
+        "demo", help="sample and invert 8x8 digits with every scheduler, two denoisers"
+    )
     demo.add_argument("--out", default="jaxsched-demo", help="output folder")
     weights = demo.add_mutually_exclusive_group()
-    weights.add_argument("--train", action="store_true", help="retrain the denoiser first")
+    weights.add_argument("--train", action="store_true", help="retrain both denoisers first")
     weights.add_argument(
-        "--weights", type=weights_file, help="denoiser weights to use (default: the shipped ones)"
+        "--weights",
+        type=weights_file,
+        help="noise-prediction denoiser weights to use (default: the shipped ones)",
+    )
+    weights.add_argument(
+        "--flow-weights",
+        type=weights_file,
+        help="flow-matching denoiser weights to use (default: the shipped ones)",
     )
     demo.add_argument("--train-steps", type=positive_int, default=20_000)
     demo.add_argument("--seed", type=int, default=0)

@@ -1,5 +1,7 @@
-"""The demo's denoiser: a residual MLP over the 64 pixels, conditioned on the timestep, that
-predicts the noise (epsilon). About 0.5M parameters; the trained weights ship with jaxsched."""
+"""The demo's denoisers: a residual MLP over the 64 pixels, conditioned on the timestep. About
+0.5M parameters. Two trained sets of weights ship with jaxsched: one predicts the noise (epsilon,
+integer timesteps of the linear VP schedule), the other the rectified-flow velocity ``eps - x0``
+(timesteps ``1000 sigma``, as diffusers' flow-matching schedulers pass them)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 from flax import serialization
 
 WEIGHTS = Path(__file__).with_name("digits_denoiser.msgpack")
+FLOW_WEIGHTS = Path(__file__).with_name("digits_flow.msgpack")
 IMAGE_SHAPE = (8, 8)
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -26,7 +29,8 @@ def timestep_embedding(t: jax.Array, features: int) -> jax.Array:
 
 
 class DigitDenoiser(nn.Module):
-    """``eps_hat = model(x, t)`` for ``x (B, 8, 8)`` and integer ``t`` (scalar or ``(B,)``)."""
+    """``eps_hat = model(x, t)`` (or the velocity, for flow weights) for ``x (B, 8, 8)`` and a
+    timestep ``t`` (scalar or ``(B,)``, integer or float)."""
 
     width: int = 256
     depth: int = 3
@@ -60,7 +64,8 @@ def save_params(params, path: str | Path = WEIGHTS) -> Path:
 
 
 def load_params(path: str | Path = WEIGHTS):
-    """The parameters stored at ``path`` (default: the shipped weights).
+    """The parameters stored at ``path`` (default: the shipped noise-prediction weights;
+    :data:`FLOW_WEIGHTS` holds the shipped flow model's).
 
     Raises:
         ValueError: naming ``path`` when it is missing, unreadable, not flax msgpack, or holds
@@ -81,7 +86,7 @@ def load_params(path: str | Path = WEIGHTS):
 
 
 def model_fn(params, model: DigitDenoiser | None = None):
-    """``(x, t) -> eps_hat``, the form ``jaxsched.sample`` calls."""
+    """``(x, t) -> eps_hat`` (or the velocity), the form ``jaxsched.sample`` calls."""
     model = model or DigitDenoiser()
 
     def predict(x: jax.Array, t: jax.Array) -> jax.Array:
