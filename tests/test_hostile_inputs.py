@@ -178,9 +178,9 @@ def _demo_weights(name: str) -> Path:
     return path
 
 
-def _demo(name: str) -> str:
+def _demo(name: str, flag: str = "--weights") -> str:
     weights = _demo_weights(name)
-    return _cli("demo", "--weights", str(weights), "--out", str(_tmp() / "demo-out"))
+    return _cli("demo", flag, str(weights), "--out", str(_tmp() / "demo-out"))
 
 
 # -- constructors: every class, every option ---------------------------------------------------
@@ -1668,6 +1668,16 @@ CLI_ROWS = [
             "config.json",
             "a_directory",
         )
+    ],
+    *[
+        bad(
+            f"cli/demo/--flow-weights={name}",
+            lambda name=name: _demo(name, "--flow-weights"),
+            CliFailure,
+            "--flow-weights",
+            name,
+        )
+        for name in ("missing.msgpack", "other_width.msgpack")
     ],
 ]
 

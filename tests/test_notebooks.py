@@ -12,9 +12,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks():
+def test_there_are_four_notebooks():
     names = {path.stem for path in NOTEBOOKS}
-    assert names == {"quickstart", "inversion_and_editing", "schedule_sweeps"}
+    assert names == {"quickstart", "inversion_and_editing", "schedule_sweeps", "flow_matching"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
