@@ -10,11 +10,16 @@ O(sigma^2).
 
 Every grid here is diffusers' ``trailing`` spacing, so all runs start at t = 999 and the model is
 called at the integer timesteps whose levels are the grid's own (no rounding error).
+
+The flow-matching twin (:func:`flow_error_table`): the same mixture on the rectified-flow path
+``x_s = (1 - s) x0 + s eps``, the exact velocity ``E[eps - x0 | x_s]`` as the model, and the
+flow ODE ``dx/ds = E[eps - x0 | x]`` solved by DOP853 at 1e-10 as ground truth.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +27,13 @@ import numpy as np
 
 import jaxsched
 from jaxsched.analytic import (
+    flow_ode,
     optimal_epsilon,
     posterior_mean,
     probability_flow,
     random_mixture,
     sample_at_grid_levels,
+    velocity_model,
 )
 
 NFES = (5, 8, 10, 15, 20, 25, 50, 100, 200)
@@ -122,9 +129,10 @@ def diffusers_run(cls_name: str, options: dict, schedule: dict, n: int, mixture3
     return x.numpy()
 
 
-def fitted_order(nfes, errors) -> float:
-    """``-slope`` of log error against log NFE over NFE >= 20 (the asymptotic range)."""
-    keep = [(n, e) for n, e in zip(nfes, errors, strict=True) if n >= 20 and e > 0]
+def fitted_order(nfes, errors, from_nfe: int = 20) -> float:
+    """``-slope`` of log error against log NFE over NFE >= ``from_nfe`` (the asymptotic
+    range)."""
+    keep = [(n, e) for n, e in zip(nfes, errors, strict=True) if n >= from_nfe and e > 0]
     logs = np.log(np.array(keep))
     return float(-np.polyfit(logs[:, 0], logs[:, 1], 1)[0])
 
@@ -157,6 +165,110 @@ def error_table(schedule_name: str, end: str, seed: int = 0) -> list[dict]:
                     "fitted_order": fitted_order(NFES, errors),
                 }
             )
+    return rows
+
+
+#: Model-call budgets of the flow table; Heun, whose N steps take 2N - 1 calls, runs the most
+#: steps that fit (one call under each budget).
+FLOW_NFES = (4, 8, 16, 32, 64, 128)
+FLOW_SHIFTS = (1.0, 3.0)
+FLOW_FIT_FROM = 15  # the fitted order's range: budgets 16-128 (Heun's 15-127 calls)
+
+
+def _flow_solvers(shift: float) -> list[tuple[str, str, dict, int]]:
+    """``(label, class name, options, model calls per step)`` of the flow samplers at one
+    ``shift``: the flow-matching classes, and the multistep solvers on diffusers' flow sigmas
+    with velocity (``flow_prediction``) models."""
+    flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": shift}
+    return [
+        ("Flow Euler", "FlowMatchEulerDiscreteScheduler", {"shift": shift}, 1),
+        ("Flow Heun", "FlowMatchHeunDiscreteScheduler", {"shift": shift}, 2),
+        ("DPM++ 2M, flow sigmas", "DPMSolverMultistepScheduler", {**flow, "solver_order": 2}, 1),
+        ("DEIS 2, flow sigmas", "DEISMultistepScheduler", {**flow, "solver_order": 2}, 1),
+    ]
+
+
+def steps_within(budget: int, calls_per_step: int) -> int:
+    """The most steps whose model calls fit ``budget``: ``N`` steps take ``N`` calls, or
+    ``2N - 1`` with two calls per step (Heun's last step is a single Euler call)."""
+    return budget if calls_per_step == 1 else (budget + 1) // 2
+
+
+def flow_jaxsched_run(
+    cls_name: str, options: dict, n: int, model: Callable, x_T: np.ndarray
+) -> np.ndarray:
+    """jaxsched's ``n``-step run from ``x_T`` ``(B, D)``: the final sample."""
+    sched = getattr(jaxsched, cls_name)(**options)
+    return np.asarray(jaxsched.sample(sched, sched.init(n, x_T.shape), model, jnp.asarray(x_T)))
+
+
+def flow_diffusers_run(
+    cls_name: str, options: dict, n: int, model: Callable, x_T: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """diffusers' ``n``-step loop from ``x_T`` ``(B, D)``, the model called at each of its
+    timesteps: ``(final sample, (first sigma, last sigma) of its grid)``."""
+    import diffusers
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = getattr(diffusers, cls_name)(**options)
+        sched.set_timesteps(n)
+    x = torch.from_numpy(np.array(x_T))
+    for t in sched.timesteps:
+        v = np.array(model(jnp.asarray(x.numpy()), jnp.asarray(t.numpy())))
+        x = sched.step(torch.from_numpy(v), t, x).prev_sample
+    ends = (float(sched.sigmas[0]), float(sched.sigmas[-1]))
+    return x.numpy(), ends
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def flow_error_table(shift: float, seed: int = 0) -> list[dict]:
+    """RMS error against the exact flow ODE for every flow sampler, model-call budget and
+    library (the mixture of :func:`error_table`, float32 models, 32 points).
+
+    Each run is compared with the exact solution between its own grid's ends (DOP853 at
+    1e-10): the flow-matching classes walk from s = 1 to 0; the flow sigmas of DPM-Solver
+    start at ``shift(1 - 1 / T)``, and DEIS stops at its last nonzero sigma, which diffusers
+    repeats as the final one. Each diffusers row also holds the largest ``|jaxsched -
+    diffusers|`` of the final samples at each budget.
+    """
+    with jax.enable_x64(True):
+        mixture = random_mixture(jax.random.key(seed), num_components=8, dim=64)
+        x_T = np.asarray(jax.random.normal(jax.random.key(seed + 1), (NUM_POINTS, 64)))
+    model = velocity_model(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), mixture))
+    x_T32 = x_T.astype(np.float32)
+    exact_between: dict[tuple[float, float], np.ndarray] = {}
+    rows = []
+    for label, cls_name, options, calls in _flow_solvers(shift):
+        steps = [steps_within(budget, calls) for budget in FLOW_NFES]
+        nfes = [calls * n - (calls - 1) for n in steps]  # N, or Heun's 2N - 1
+        errors: dict[str, list[float]] = {"jaxsched": [], "diffusers": []}
+        differences = []
+        for n in steps:
+            ours = flow_jaxsched_run(cls_name, options, n, model, x_T32)
+            theirs, ends = flow_diffusers_run(cls_name, options, n, model, x_T32)
+            if ends not in exact_between:
+                exact_between[ends] = flow_ode(mixture, x_T, *ends, tol=1e-10)
+            errors["jaxsched"].append(_rms(ours, exact_between[ends]))
+            errors["diffusers"].append(_rms(theirs, exact_between[ends]))
+            differences.append(float(np.max(np.abs(ours - theirs))))
+        for library, errs in errors.items():
+            row = {
+                "schedule": f"rectified flow, shift {shift:g}",
+                "end": "s = 0 (DEIS: its last sigma)",
+                "solver": label,
+                "library": library,
+                "nfe": nfes,
+                "rms_error": errs,
+                "fitted_order": fitted_order(nfes, errs, from_nfe=FLOW_FIT_FROM),
+            }
+            if library == "diffusers":
+                row["max_abs_difference"] = differences
+            rows.append(row)
     return rows
 
 

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 from pathlib import Path
 
 import jax
 
-from benchmarks.accuracy import SCHEDULES, clean_order_table, error_table, round_trip_table
+from benchmarks.accuracy import (
+    FLOW_NFES,
+    FLOW_SHIFTS,
+    SCHEDULES,
+    clean_order_table,
+    error_table,
+    flow_error_table,
+    round_trip_table,
+)
 from benchmarks.beyond import exact_inversion_table, learned_grid_table, remat_table
 from benchmarks.costs import compile_table, memory_table, vmap_table
 from benchmarks.sharded import sharded_table
@@ -51,7 +60,7 @@ def speed_plot(rows: list[dict], path: Path) -> None:
 
     labels = [r["scheduler"] for r in rows]
     positions = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 1, 3.5))
     for k, (key, name) in enumerate(
         (("jaxsched_ms", "jaxsched"), ("diffusers_ms", "diffusers"), ("floor_ms", "floor"))
     ):
@@ -65,17 +74,21 @@ def speed_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def accuracy_plot(rows: list[dict], path: Path) -> None:
-    """RMS error against NFE (log-log), one panel per schedule and grid end: jaxsched solid,
-    diffusers dashed, one colour per solver."""
+def accuracy_plot(rows: list[dict], path: Path, columns: int = 4) -> None:
+    """RMS error against NFE (log-log), one panel per schedule and grid end, ``columns`` panels
+    a row: jaxsched solid, diffusers dashed, one colour per solver."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["schedule"], r["end"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (schedule, end) in zip(axes[0], panels, strict=True):
+    columns = min(columns, len(panels))
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (schedule, end) in zip(axes.flat, panels, strict=False):
         solvers = sorted(
             {r["solver"] for r in rows if (r["schedule"], r["end"]) == (schedule, end)}
         )
@@ -89,7 +102,8 @@ def accuracy_plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{schedule},\nends at {end}", fontsize=8)
         ax.set_xlabel("NFE")
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("RMS error (solid: jaxsched, dashed: diffusers)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RMS error (solid: jaxsched, dashed: diffusers)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -111,6 +125,22 @@ def _accuracy_summary(rows: list[dict]) -> list[dict]:
     ]
 
 
+def _flow_accuracy_summary(rows: list[dict]) -> list[dict]:
+    """Error per model-call budget (Heun: one call fewer), the fitted order and, on diffusers'
+    rows, the largest difference from jaxsched's samples."""
+    summary = []
+    for r in rows:
+        row = {"schedule": r["schedule"], "solver": r["solver"], "library": r["library"]}
+        row.update(
+            {f"err@{n}": e for n, e in zip(FLOW_NFES, r["rms_error"], strict=True)},
+            order=r["fitted_order"],
+        )
+        if "max_abs_difference" in r:
+            row["max |jaxsched - diffusers|"] = max(r["max_abs_difference"])
+        summary.append(row)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=40, help="timing rounds per benchmark")
@@ -121,7 +151,8 @@ def main() -> None:
     print(json.dumps(results["machine"]))
     results["speed"] = speed_table(args.rounds)
     _print_rows(
-        "speed: (16, 4, 64, 64) float32, model 0.1 x, SD schedule, 25 steps (ms)", results["speed"]
+        "speed: (16, 4, 64, 64) float32, model 0.1 x, SD schedule (flow: shift 3), 25 steps (ms)",
+        results["speed"],
     )
     speed_plot(results["speed"], RESULTS / "speed.png")
     results["compile"] = compile_table()
@@ -150,7 +181,16 @@ def main() -> None:
             "convergence on log-SNR-uniform grids, exact levels, float64 (jaxsched)",
             _accuracy_summary(results["clean_orders"]),
         )
-        accuracy_plot(results["accuracy"] + results["clean_orders"], RESULTS / "accuracy.png")
+        results["flow_accuracy"] = [row for shift in FLOW_SHIFTS for row in flow_error_table(shift)]
+        _print_rows(
+            "flow matching: RMS error to the exact flow ODE per model-call budget, fitted order "
+            "(NFE >= 15)",
+            _flow_accuracy_summary(results["flow_accuracy"]),
+        )
+        accuracy_plot(
+            results["accuracy"] + results["clean_orders"] + results["flow_accuracy"],
+            RESULTS / "accuracy.png",
+        )
         results["round_trip"] = round_trip_table()
         _print_rows("inversion round trip (SD schedule): RMS error", results["round_trip"])
         results["exact_inversion"] = exact_inversion_table()

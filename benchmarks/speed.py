@@ -1,14 +1,17 @@
 """Speed: jaxsched's compiled loops against diffusers' Python loops and against the floor.
 
 The work (issue 6): ``x`` of shape ``(16, 4, 64, 64)`` float32, the model ``0.1 * x``, the
-Stable-Diffusion schedule, 25 steps. Every implementation runs in this one process, interleaved
-round by round, and the median over rounds is reported (timings between processes on a shared
-CPU differ by 2-4x; within a process they compare).
+Stable-Diffusion schedule (the flow-matching rows: shift 3, as SD3), 25 steps. Every
+implementation runs in this one process, interleaved round by round, and the median over rounds
+is reported (timings between processes on a shared CPU differ by 2-4x; within a process they
+compare).
 
 The floor is a jitted scan doing the least a solver of that order must: per step it reads
 ``x`` and the ``order - 1`` history buffers, applies the model and one fused update with
 per-step scalar weights, and writes ``x`` and the history back. It runs with the scheduler's own
-``scan_unroll``, so the two loops have the same structure and differ only in the step.
+``scan_unroll``, so the two loops have the same structure and differ only in the step. The
+flow-matching floor is the flow ODE step itself over the same sigma table: Euler's
+``x += (s' - s) v``, or Heun's predictor and corrector.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import jaxsched
 SHAPE = (16, 4, 64, 64)
 STEPS = 25
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+FLOW_SHIFT = 3.0
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 def model(x, t):
@@ -56,6 +61,23 @@ CASES = (
         jaxsched.DPMSolverMultistepInverseScheduler(**SD),
         "DPMSolverMultistepInverseScheduler",
         1,
+    ),
+)
+
+
+#: (label, jaxsched scheduler, diffusers class name, model calls per step)
+FLOW_CASES = (
+    (
+        "Flow Euler",
+        jaxsched.FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT),
+        "FlowMatchEulerDiscreteScheduler",
+        1,
+    ),
+    (
+        "Flow Heun",
+        jaxsched.FlowMatchHeunDiscreteScheduler(shift=FLOW_SHIFT),
+        "FlowMatchHeunDiscreteScheduler",
+        2,
     ),
 )
 
@@ -116,6 +138,52 @@ def floor_runner(
     return run
 
 
+def shifted_flow_sigmas(
+    shift: float, steps: int = STEPS, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> np.ndarray:
+    """``(steps + 1,)`` descending: diffusers' ``FlowMatchEulerDiscreteScheduler`` grid, ``s``
+    uniform from 1 to the shifted ``1 / T``, each shifted by ``s -> shift s / (1 + (shift - 1)
+    s)`` (Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 5.3.2), then 0."""
+
+    def shifted(s):
+        return shift * s / (1.0 + (shift - 1.0) * s)
+
+    return np.append(shifted(np.linspace(1.0, shifted(1.0 / num_train_timesteps), steps)), 0.0)
+
+
+def flow_floor_runner(
+    sigmas: np.ndarray, calls_per_step: int, unroll: int = 1
+) -> Callable[[jax.Array], jax.Array]:
+    """The least a flow solver must do, as a ``lax.scan`` over the steps ``(s, s')`` of
+    ``sigmas`` ``(N + 1,)``, the model called at ``t = T s``.
+
+    One call per step (Euler): ``x += (s' - s) v(x, s)``. Two (Heun; Karras et al. 2022,
+    Algorithm 1): the predictor ``x_e = x + (s' - s) v``, then ``x += (s' - s) (v + v(x_e, s'))
+    / 2``; the last step, to 0, is the predictor alone, as in diffusers (``2N - 1`` calls).
+    """
+    starts = jnp.asarray(sigmas[:-1], jnp.float32)
+    ends = jnp.asarray(sigmas[1:], jnp.float32)
+
+    def euler(x, step):
+        s, s_next = step
+        return x + (s_next - s) * model(x, NUM_TRAIN_TIMESTEPS * s), None
+
+    def heun(x, step):
+        s, s_next = step
+        v = model(x, NUM_TRAIN_TIMESTEPS * s)
+        v_end = model(x + (s_next - s) * v, NUM_TRAIN_TIMESTEPS * s_next)
+        return x + (s_next - s) * 0.5 * (v + v_end), None
+
+    @jax.jit
+    def run(x):
+        if calls_per_step == 1:
+            return jax.lax.scan(euler, x, (starts, ends), unroll=unroll)[0]
+        x = jax.lax.scan(heun, x, (starts[:-1], ends[:-1]), unroll=unroll)[0]
+        return euler(x, (starts[-1], ends[-1]))[0]
+
+    return run
+
+
 def interleaved_medians(runners: dict[str, tuple[Callable, object]], rounds: int) -> dict:
     """Median wall time (ms) of each ``runner(arg)``, one call of each per round, after a
     warm-up call (compilation)."""
@@ -140,13 +208,26 @@ def speed_table(rounds: int = 20) -> list[dict]:
 
     x = jax.random.normal(jax.random.key(0), SHAPE)
     x_torch = torch.from_numpy(np.array(x))
+    cases = [
+        (label, sched, cls_name, floor_runner(history, unroll=sched.scan_unroll))
+        for label, sched, cls_name, history in CASES
+    ]
+    cases += [
+        (
+            label,
+            sched,
+            cls_name,
+            flow_floor_runner(shifted_flow_sigmas(FLOW_SHIFT), calls, unroll=sched.scan_unroll),
+        )
+        for label, sched, cls_name, calls in FLOW_CASES
+    ]
     rows = []
-    for label, sched, cls_name, history in CASES:
+    for label, sched, cls_name, floor in cases:
         runners = {
             "jaxsched": (jaxsched_runner(sched), x),
             "jaxsched_traced_state": (jaxsched_runner(sched, traced_state=True), x),
             "diffusers": (diffusers_runner(cls_name, sched.to_config()), x_torch),
-            "floor": (floor_runner(history, unroll=sched.scan_unroll), x),
+            "floor": (floor, x),
         }
         ms = interleaved_medians(runners, rounds)
         rows.append(
