@@ -272,6 +272,10 @@ class FlowMatchHeunDiscreteScheduler(_FlowTrained):
     """
 
     order: ClassVar[int] = 2
+    #: A predictor and its corrector per scan iteration: XLA then passes the history through
+    #: the unrolled pair instead of copying it every call (25 steps of (16, 4, 64, 64): 14.0 ms
+    #: at 1, 3.3 ms at 2, 3.2 ms at 4, 6.2 ms at 8 on 2 CPU cores).
+    scan_unroll: ClassVar[int] = 2
     step_params: ClassVar[dict] = {
         "s_churn": 0.0,
         "s_tmin": 0.0,
