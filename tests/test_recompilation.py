@@ -56,6 +56,8 @@ CONFIGS = {
     "FlowMatchEulerDiscreteScheduler": {"shift": 3.0, "use_karras_sigmas": True},
     "FlowMatchEulerInverseScheduler": {"shift": 3.0},
     "FlowMatchHeunDiscreteScheduler": {"shift": 3.0},
+    "UniPCMultistepScheduler": {"solver_order": 3, "disable_corrector": [1, 4]},
+    "UniPCMultistepInverseScheduler": {"solver_type": "bh1"},
 }
 
 

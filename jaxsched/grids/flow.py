@@ -27,6 +27,9 @@ from jaxsched.grids.sigmas import (
 from jaxsched.schedules.common import default_float_dtype
 from jaxsched.schedules.flow import FlowSchedule, shift_sigmas, stretch_to_terminal, time_shift
 
+#: diffusers' UniPC moves a first flow sigma of 1 (lambda = -inf) down by this much.
+FIRST_SIGMA_OFFSET = 1e-6
+
 
 class FlowGridOptions(NamedTuple):
     """The static options that shape a flow-matching grid.
@@ -165,3 +168,36 @@ def flow_heun_grid(options: FlowGridOptions, schedule: FlowSchedule, num_inferen
     ts = full[:-1] * np.float32(options.num_train_timesteps)
     dtype = default_float_dtype()
     return chained(jnp.asarray(ts, jnp.float32), flow_levels(jnp.asarray(full, dtype)))
+
+
+def multistep_flow_sigmas(
+    num_train_timesteps: int,
+    num_inference_steps: int | None,
+    *,
+    sigmas=None,
+    shift: float = 1.0,
+    mu=None,
+    time_shift_type: str = "exponential",
+    shift_terminal: float | None = None,
+) -> np.ndarray:
+    """``(N,)`` float64 flow sigmas of diffusers' UniPC with ``use_flow_sigmas``: the given
+    ``sigmas`` or ``linspace(1, 1 / T, N + 1)[:-1]``, shifted (by ``mu`` when given, else by
+    ``shift``), stretched to ``shift_terminal``, and a first sigma within 1e-6 of 1 moved to
+    ``1 - 1e-6`` (where ``lambda`` is finite). Concrete values only."""
+    if sigmas is not None:
+        _as_array("sigmas", sigmas, np)  # checks: a non-empty 1-D array of floats
+        s = np.asarray(sigmas, np.float64)
+    else:
+        s = np.linspace(1.0, 1.0 / num_train_timesteps, num_inference_steps + 1)[:-1]
+    s = time_shift(s, mu, time_shift_type) if mu is not None else shift_sigmas(s, shift)
+    if shift_terminal:
+        if s[-1] == 1:
+            raise ValueError(
+                f"shift_terminal={shift_terminal} stretches the grid by 1 - s_last, which is 0 "
+                "here (a last sigma of 1): diffusers returns NaN"
+            )
+        s = stretch_to_terminal(s, shift_terminal)
+    s = np.array(s, np.float64)
+    if abs(s[0] - 1.0) < FIRST_SIGMA_OFFSET:
+        s[0] -= FIRST_SIGMA_OFFSET
+    return s

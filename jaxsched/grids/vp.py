@@ -96,7 +96,8 @@ class SigmaGridOptions(NamedTuple):
         spacing: the sigma spacing, ``None`` (timesteps first), ``karras``, ``lu``,
             ``exponential``, ``beta`` or ``flow``.
         flow_shift: the flow shift of ``flow`` sigmas (``mu`` replaces it at ``init``).
-        final_sigma: where a forward grid ends: ``"zero"`` or ``"sigma_min"``.
+        final_sigma: where a forward grid ends: ``"zero"``, ``"sigma_min"`` (the smallest
+            training sigma) or ``"last"`` (a sigma spacing's last sigma, repeated: UniPC).
         spaced_end: how a sigma spacing ends: ``"final"`` (``N`` points, then ``final_sigma``),
             ``"repeat"`` (``N`` points, the last repeated: a zero-length last step) or
             ``"extend"`` (``N + 1`` points, the model called at the first ``N``).
@@ -105,6 +106,8 @@ class SigmaGridOptions(NamedTuple):
         round_karras: round the timesteps of karras and lu sigmas (diffusers does, but for the
             cosine schedule in DPM-Solver).
         zero_snr: the schedule was rescaled to zero terminal SNR.
+        sigma_min, sigma_max: the ends of karras / exponential / beta sigmas (``None``: the
+            training schedule's; UniPC's ``sigma_min`` / ``sigma_max``).
     """
 
     num_train_timesteps: int
@@ -117,6 +120,8 @@ class SigmaGridOptions(NamedTuple):
     lambda_min_clipped: float
     round_karras: bool
     zero_snr: bool
+    sigma_min: float | None = None
+    sigma_max: float | None = None
 
 
 def clamp_zero_levels(schedule: NoiseSchedule, zero_snr: bool) -> NoiseSchedule:
@@ -187,6 +192,8 @@ def _spaced_sigmas(
         sigmas = sigmas[::-1] if ascending else sigmas
         return sigmas, sigmas * options.num_train_timesteps
     lo, hi = _sigma_ends(train.sigmas, xp)
+    lo = lo if options.sigma_min is None else options.sigma_min
+    hi = hi if options.sigma_max is None else options.sigma_max
     if spacing == "lu":
         sigmas = xp.exp(xp.linspace(*_sigma_ends(train.log_sigmas, xp)[::-1], points))
     elif spacing == "beta" and ascending and xp is jnp:
@@ -266,7 +273,10 @@ def forward_sigma_grid(
             )
         ts = np.asarray(timesteps).astype(np.int64)
         sigmas = _sigmas_at(options, ts, train)
-    final = train.sigmas[0] if options.final_sigma == "sigma_min" else 0.0
+    if options.final_sigma == "last":  # the spacing's last sigma repeated
+        final = sigmas[-1]
+    else:
+        final = train.sigmas[0] if options.final_sigma == "sigma_min" else 0.0
     sigmas = xp.concatenate([sigmas, xp.asarray([final], sigmas.dtype)])
     return _finish(options, ts, sigmas, xp, dtype)
 

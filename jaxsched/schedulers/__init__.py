@@ -12,6 +12,7 @@ from jaxsched.schedulers.flow_match import (
     FlowMatchEulerInverseScheduler,
     FlowMatchHeunDiscreteScheduler,
 )
+from jaxsched.schedulers.unipc import UniPCMultistepInverseScheduler, UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.__name__: cls
@@ -25,6 +26,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         FlowMatchEulerDiscreteScheduler,
         FlowMatchEulerInverseScheduler,
         FlowMatchHeunDiscreteScheduler,
+        UniPCMultistepScheduler,
+        UniPCMultistepInverseScheduler,
     )
 }
 
@@ -40,4 +43,6 @@ __all__ = [
     "FlowMatchEulerInverseScheduler",
     "FlowMatchHeunDiscreteScheduler",
     "Scheduler",
+    "UniPCMultistepInverseScheduler",
+    "UniPCMultistepScheduler",
 ]

@@ -55,6 +55,8 @@ class MultistepScheduler(VPScheduler):
     #: Four steps per scan iteration: XLA then rotates the history buffers through the unrolled
     #: body instead of copying each one every step (measured about 2x on CPU).
     scan_unroll: ClassVar[int] = 4
+    #: Spacing flags a class's flow grid combines with (diffusers' UniPC: karras).
+    flow_combines_with: ClassVar[tuple[str, ...]] = ()
 
     def _validate(self) -> None:
         super()._validate()
@@ -71,7 +73,11 @@ class MultistepScheduler(VPScheduler):
             raise ValueError(
                 "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be on"
             )
-        others = [f for f in flags if f != "use_flow_sigmas" and getattr(self, f)]
+        others = [
+            f
+            for f in flags
+            if f != "use_flow_sigmas" and f not in self.flow_combines_with and getattr(self, f)
+        ]
         if self.use_flow_sigmas and others:
             raise ValueError(f"use_flow_sigmas cannot be combined with {others}")
         check_float("flow_shift", self.flow_shift, low=0.0, low_open=True)
