@@ -205,12 +205,61 @@ def test_img2img_from_a_begin_index_matches_diffusers(begin):
         ({"final_sigmas_type": "one"}, ValueError, "final_sigmas_type"),
         ({"time_shift_type": "cubic"}, ValueError, "time_shift_type"),
         ({"sigma_min": -1.0}, ValueError, "sigma_min"),
-        ({"solver_p": jaxsched.DPMSolverMultistepScheduler()}, ValueError, "solver_p"),
+        ({"solver_p": "dpmsolver"}, TypeError, "solver_p"),
+        (
+            {"solver_p": jaxsched.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")},
+            ValueError,
+            "solver_p must be a deterministic",
+        ),
+        ({"solver_p": jaxsched.DDIMInverseScheduler()}, ValueError, "solver_p must be"),
     ],
 )
 def test_bad_options_name_the_option(config, error, fragment):
     with pytest.raises(error, match=fragment):
         jaxsched.UniPCMultistepScheduler(**config)
+
+
+@pytest.mark.parametrize(
+    "predictor",
+    [
+        {"cls": "DPMSolverMultistepScheduler"},
+        {"cls": "DPMSolverMultistepScheduler", "solver_order": 3, "solver_type": "heun"},
+        {"cls": "DEISMultistepScheduler", "final_sigmas_type": None},
+    ],
+    ids=["dpm2", "dpm3-heun", "deis"],
+)
+def test_solver_p_predicts_from_the_corrected_sample_as_in_diffusers(predictor):
+    """``solver_p``: another scheduler's own step (its tables and history) makes the
+    prediction from UniPC's corrected sample with the raw model output; UniPC still corrects.
+    diffusers calls ``solver_p.step`` the same way."""
+    options = {k: v for k, v in predictor.items() if k != "cls" and v is not None}
+    name = predictor["cls"]
+    config = {"solver_order": 3, **SD, **MIN}
+    p_config = {**SD, **({} if name.startswith("DEIS") else MIN), **options}
+    ref = diffusers.UniPCMultistepScheduler(**config, solver_p=getattr(diffusers, name)(**p_config))
+    sched = jaxsched.UniPCMultistepScheduler(**config, solver_p=getattr(jaxsched, name)(**p_config))
+    n = 12
+    ref.set_timesteps(n)
+    state = sched.init(n, SHAPE)
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    sample, ours = torch.from_numpy(x.copy()), jnp.asarray(x)
+    step = jax.jit(sched.step)
+    for i, t in enumerate(ref.timesteps):
+        sample = ref.step(0.3 * sample + 0.05, t, sample).prev_sample
+        state, ours = step(state, 0.3 * ours + 0.05, state.timesteps[i], ours)
+        np.testing.assert_allclose(np.asarray(ours), sample.numpy(), rtol=TOL, atol=TOL)
+    plain = jaxsched.UniPCMultistepScheduler(**config)
+    mine = jaxsched.sample(plain, plain.init(n, SHAPE), lambda x, t: 0.3 * x + 0.05, jnp.asarray(x))
+    assert float(jnp.max(jnp.abs(mine - ours))) > 1e-4  # the predictor did change
+    assert jaxsched.from_config(sched.to_config()) == sched  # solver_p as its own config
+
+
+def test_solver_p_on_another_grid_is_refused():
+    sched = jaxsched.UniPCMultistepScheduler(
+        solver_p=jaxsched.DPMSolverMultistepScheduler(timestep_spacing="trailing")
+    )
+    with pytest.raises(ValueError, match="solver_p's grid of 10 steps has other timesteps"):
+        sched.init(10, SHAPE)
 
 
 def test_bad_grid_arguments_name_the_argument():

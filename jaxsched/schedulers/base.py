@@ -188,6 +188,8 @@ class Scheduler:
         config = SchedulerConfig(type(self).__name__)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, Scheduler):  # UniPC's solver_p: its own config, JSON-ready
+                value = value.to_config()
             config[f.name] = list(value) if isinstance(value, tuple) else value
         return config
 

@@ -4,6 +4,7 @@ solver (:mod:`jaxsched.solvers.unipc`)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ from jaxsched.grids.flow import multistep_flow_sigmas
 from jaxsched.grids.levels import Grid, chained, flow_levels
 from jaxsched.grids.sigmas import karras_sigmas
 from jaxsched.grids.vp import SigmaGridOptions, training_sigmas
+from jaxsched.schedulers.base import Scheduler
 from jaxsched.schedulers.multistep import MultistepScheduler
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.solvers.multistep import OrderRules
@@ -64,6 +66,10 @@ class _UniPCBase(MultistepScheduler):
             object.__setattr__(self, "solver_type", "bh2")
         if isinstance(self.disable_corrector, (list, tuple)):
             object.__setattr__(self, "disable_corrector", tuple(self.disable_corrector))
+        if isinstance(self.solver_p, Mapping):  # a config, as to_config writes it
+            from jaxsched.config import from_config
+
+            object.__setattr__(self, "solver_p", from_config(self.solver_p))
 
     flow_combines_with: ClassVar[tuple[str, ...]] = ("use_karras_sigmas",)
 
@@ -78,11 +84,7 @@ class _UniPCBase(MultistepScheduler):
                 f"disable_corrector must be a list of step indices (ints), got "
                 f"{self.disable_corrector!r}"
             )
-        if self.solver_p is not None:
-            raise ValueError(
-                "solver_p (another scheduler as UniPC's predictor) is not supported yet; "
-                "leave it None"
-            )
+        self._check_solver_p()
         check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
         check_bool("use_dynamic_shifting", self.use_dynamic_shifting)
         check_choice("time_shift_type", self.time_shift_type, TIME_SHIFT_TYPES)
@@ -102,6 +104,27 @@ class _UniPCBase(MultistepScheduler):
             raise ValueError(
                 "thresholding limits the x0 prediction, which predict_x0=False does not use "
                 "(diffusers ignores it there); set predict_x0=True or thresholding=False"
+            )
+
+    def _check_solver_p(self) -> None:
+        """``solver_p`` must be a deterministic forward scheduler of one model call per step;
+        its grid is checked against this one's at ``init``."""
+        if self.solver_p is None:
+            return
+        if not isinstance(self.solver_p, Scheduler):
+            raise OptionTypeError(
+                f"solver_p must be a jaxsched scheduler or None, got {self.solver_p!r:.80}"
+            )
+        capabilities = self.solver_p.capabilities
+        if (
+            capabilities.direction != self.direction
+            or capabilities.model_calls_per_step != 1
+            or capabilities.stochastic
+        ):
+            raise ValueError(
+                f"solver_p must be a deterministic scheduler of one model call per step walking "
+                f"the same way as {type(self).__name__}; got {type(self.solver_p).__name__} "
+                f"({capabilities})"
             )
 
     @property
@@ -128,6 +151,7 @@ class _UniPCBase(MultistepScheduler):
             solver_type=self.solver_type,
             predict_x0=self.predict_x0,
             disable_corrector=self.disable_corrector,
+            solver_p=self.solver_p,
         )
 
     def grid_options(self) -> SigmaGridOptions:
@@ -196,16 +220,33 @@ class _UniPCBase(MultistepScheduler):
         if not self.use_flow_sigmas:
             if self.use_dynamic_shifting:
                 mu = None  # diffusers requires it but only the flow grid uses it
-            return super().build_grid(
+            grid = super().build_grid(
                 schedule, num_inference_steps, timesteps=timesteps, sigmas=sigmas, mu=mu
             )
+            self._check_solver_p_grid(grid)
+            return grid
         if timesteps is not None:
             raise ValueError("custom timesteps cannot be used with flow sigmas")
         if mu is not None and not self.use_dynamic_shifting:
             raise ValueError("mu is only used with use_dynamic_shifting=True")
         if concrete_value(schedule.alphas_cumprod) is None:
             raise ValueError("UniPC's flow sigmas need a concrete noise schedule")
-        return self._flow_grid(schedule, num_inference_steps, sigmas, mu)
+        grid = self._flow_grid(schedule, num_inference_steps, sigmas, mu)
+        self._check_solver_p_grid(grid)
+        return grid
+
+    def _check_solver_p_grid(self, grid: Grid) -> None:
+        """``solver_p`` steps on its own grid of ``N`` steps, at the step this run is at: its
+        timesteps must be this run's (diffusers looks each one up in its own grid)."""
+        if self.solver_p is None:
+            return
+        theirs = concrete_value(self.solver_p.grid(len(grid.timesteps)).timesteps)
+        ours = concrete_value(grid.timesteps)
+        if theirs is not None and ours is not None and not np.array_equal(theirs, ours):
+            raise ValueError(
+                f"solver_p's grid of {len(ours)} steps has other timesteps ({theirs[:4]}...) "
+                f"than this run ({ours[:4]}...); give it the same spacing options"
+            )
 
     def _check_grid_arguments(self, num_inference_steps, timesteps, sigmas) -> None:
         """With flow sigmas, custom ``sigmas`` are ``N`` points (``N`` may be omitted)."""

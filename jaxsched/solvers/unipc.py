@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from jaxsched.grids.levels import Grid, Level
 from jaxsched.solvers.dpmsolver import is_moving, lambda_of
 from jaxsched.solvers.multistep import (
-    History,
     MultistepSolver,
     StepWeights,
     chain_coordinate,
@@ -91,6 +90,8 @@ class UniPCTables(NamedTuple):
         predictor: weights of the corrected ``x_i`` and of ``(m_i, m_{i-1}, ...)`` that give
             ``x_{i+1}``.
         order: the predictor's order at each step (the corrector of the next step uses it).
+        replacement: the tables of ``solver_p`` (another scheduler's solver), which then makes
+            the prediction from the corrected sample; ``()`` without one.
     """
 
     start: Level
@@ -99,6 +100,16 @@ class UniPCTables(NamedTuple):
     corrector: StepWeights
     predictor: StepWeights
     order: jax.Array
+    replacement: Any = ()
+
+
+class UniPCHistory(NamedTuple):
+    """UniPC's memory: the previous converted outputs (newest first), the previous corrected
+    sample, and the history of ``solver_p`` (``()`` without one)."""
+
+    outputs: tuple[jax.Array, ...]
+    samples: tuple[jax.Array, ...]
+    replacement: Any = ()
 
 
 def _vandermonde_b(z: jax.Array, solver_type: str) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -194,14 +205,17 @@ def _previous(values: jax.Array, fill) -> jax.Array:
 class UniPCSolver(MultistepSolver):
     """UniPC (bh1 / bh2, data or noise form), predictor orders 1-3 with the corrector.
 
-    ``corrected`` is ``(N,)``-static: whether the corrector runs at each step (diffusers' first
-    step of a run and the steps after ``disable_corrector`` indices do not). With the corrector
-    the declared order is ``solver_order + 1`` (UniPC, Theorem 3.1).
+    The corrector runs at every step but a run's first and those after a ``disable_corrector``
+    index. With the corrector the declared order is ``solver_order + 1`` (UniPC, Theorem 3.1).
+    ``solver_p`` (a deterministic one-call-per-step scheduler) replaces the predictor: its own
+    update, tables and history step from the corrected sample with the raw model output, as
+    diffusers calls ``solver_p.step``.
     """
 
     solver_type: str
     predict_x0: bool
     disable_corrector: tuple[int, ...] = ()
+    solver_p: Any = None
 
     @property
     def order(self) -> int:
@@ -211,9 +225,16 @@ class UniPCSolver(MultistepSolver):
     def history(self) -> int:
         return self.rules.solver_order
 
-    def initial_history(self, shape: tuple[int, ...], dtype) -> History:
+    def initial_history(self, shape: tuple[int, ...], dtype) -> UniPCHistory:
         zeros = lambda: jnp.zeros(shape, dtype)  # noqa: E731
-        return History(outputs=tuple(zeros() for _ in range(self.history)), samples=(zeros(),))
+        replacement = ()
+        if self.solver_p is not None:
+            replacement = self.solver_p.solver.initial_history(shape, dtype)
+        return UniPCHistory(
+            outputs=tuple(zeros() for _ in range(self.history)),
+            samples=(zeros(),),
+            replacement=replacement,
+        )
 
     def tables(self, grid: Grid, begin_index: int) -> UniPCTables:
         """Every step's tables. A step to sigma = 0 is first order (its ``h`` is infinite, so
@@ -253,7 +274,12 @@ class UniPCSolver(MultistepSolver):
             convert = (1.0 - start.grid_sigma, start.grid_sigma)
         else:
             convert = (start.alpha, start.sigma)
-        return UniPCTables(start, *convert, corrector_weights, predictor_weights, order)
+        replacement = ()
+        if self.solver_p is not None:
+            replacement = self.solver_p.solver.tables(self.solver_p.grid(n), begin_index)
+        return UniPCTables(
+            start, *convert, corrector_weights, predictor_weights, order, replacement
+        )
 
     def update(self, row, x, model_output, history, noise, thresholds, params: dict[str, Any]):
         x0, eps = convert_prediction(
@@ -268,6 +294,19 @@ class UniPCSolver(MultistepSolver):
         m = x0 if self.predict_x0 else eps
         outputs = (m, *history.outputs)
         corrected = linear_update(row.corrector, (x, *history.samples), outputs, None)
-        x_next = linear_update(row.predictor, (corrected,), outputs[: self.history], None)
-        new_history = History(outputs=outputs[: self.history], samples=(corrected,))
+        replacement = ()
+        if self.solver_p is None:
+            x_next = linear_update(row.predictor, (corrected,), outputs[: self.history], None)
+        else:
+            predictor = self.solver_p.solver
+            x_next, _, replacement = predictor.update(
+                row.replacement,
+                corrected,
+                model_output,
+                history.replacement,
+                None,
+                predictor.thresholds(x.dtype),
+                self.solver_p.step_params,
+            )
+        new_history = UniPCHistory(outputs[: self.history], (corrected,), replacement)
         return x_next, x0, new_history
