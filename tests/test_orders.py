@@ -73,10 +73,12 @@ ORDERS = [
     (UNIPC, {"solver_order": 2, "predict_x0": False, **ENDS_ABOVE_ZERO}, 3, 2.4, 2.63),
     (UNIPC, {"solver_order": 3, **ENDS_ABOVE_ZERO}, 4, 1.9, 2.10),
     (UNIPC, {"solver_order": 3, "lower_order_final": False, **ENDS_ABOVE_ZERO}, 4, 3.5, 4.78),
-    (UNIPC_INV, {"solver_order": 1}, 2, 1.9, 2.01),
-    (UNIPC_INV, {"solver_order": 2}, 3, 2.7, 2.92),
-    (UNIPC_INV, {"solver_order": 3}, 4, 3.1, 3.34),
-    (UNIPC_INV, {"solver_order": 3, "predict_x0": False}, 4, 3.4, 3.72),
+    # The inverse leaves its first step (out of the data end) uncorrected: global order 2, as
+    # for DPM-Solver's inverse, with 1.3-2x lower errors.
+    (UNIPC_INV, {"solver_order": 1}, 2, 1.9, 1.98),
+    (UNIPC_INV, {"solver_order": 2}, 3, 1.9, 1.98),
+    (UNIPC_INV, {"solver_order": 3}, 4, 1.9, 2.04),
+    (UNIPC_INV, {"solver_order": 3, "predict_x0": False}, 4, 1.9, 2.06),
     ("FlowMatchEulerDiscreteScheduler", {}, 1, 0.95, 0.98),
     ("FlowMatchEulerInverseScheduler", {}, 1, 0.95, 0.98),
     # Two model calls per step; the last step (to s = 0) is Euler, one step: still order 2.

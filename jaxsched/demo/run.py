@@ -23,6 +23,7 @@ SAMPLERS = (
     ("DDIM", jaxsched.DDIMScheduler()),
     ("DPM-Solver++ 2M", jaxsched.DPMSolverMultistepScheduler()),
     ("DEIS 2", jaxsched.DEISMultistepScheduler()),
+    ("UniPC 2", jaxsched.UniPCMultistepScheduler()),
 )
 #: How the held-out digits are inverted: ``(label, forward scheduler, method)``, the method
 #: its ``inverse()`` run or :func:`jaxsched.exact_invert` (one-step schedulers).
@@ -31,6 +32,7 @@ INVERTED = (
     ("DDIM exact_invert", jaxsched.DDIMScheduler(clip_sample=False), "exact_invert"),
     ("DPMSolverMultistepInverse", jaxsched.DPMSolverMultistepScheduler(), "inverse"),
     ("DEISMultistepInverse", jaxsched.DEISMultistepScheduler(), "inverse"),
+    ("UniPCMultistepInverse", jaxsched.UniPCMultistepScheduler(), "inverse"),
 )
 EXACT_ITERATIONS = 8
 _FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
@@ -39,6 +41,7 @@ FLOW_SAMPLERS = (
     ("Flow Euler", jaxsched.FlowMatchEulerDiscreteScheduler()),
     ("Flow Heun", jaxsched.FlowMatchHeunDiscreteScheduler()),
     ("DPM-Solver++ 2M, flow", jaxsched.DPMSolverMultistepScheduler(**_FLOW)),
+    ("UniPC 2, flow (Wan's)", jaxsched.UniPCMultistepScheduler(**_FLOW)),
 )
 #: How the held-out digits are inverted with the flow denoiser (as :data:`INVERTED`).
 FLOW_INVERTED = (

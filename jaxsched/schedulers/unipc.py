@@ -152,6 +152,7 @@ class _UniPCBase(MultistepScheduler):
             predict_x0=self.predict_x0,
             disable_corrector=self.disable_corrector,
             solver_p=self.solver_p,
+            correct_first_step=self.direction == "to_data",
         )
 
     def grid_options(self) -> SigmaGridOptions:
@@ -277,7 +278,14 @@ class UniPCMultistepInverseScheduler(_UniPCBase):
     """UniPC inversion (data -> noise), which diffusers lacks: the same predictor-corrector
     walked toward noise on the ascending grid of ``DPMSolverMultistepInverseScheduler`` (flow
     sigmas: UniPC's forward flow levels reversed, the smallest one repeated at the start), one
-    model call per step."""
+    model call per step.
+
+    The corrector never redoes its first step, out of ``sigma_min``: there the x0 prediction
+    stays near the data and then turns, far from the linear-in-lambda model the corrector
+    fits over that wide step. Corrected, the round trip of the demo's digits at 10 steps is
+    1.1 (4.1e-1 with the exact ``rho = b_1`` instead of diffusers' ``1/2``); uncorrected 0.11,
+    DPM-Solver++'s 0.10. The global order is then 2, as for DPM-Solver's inverse, whose first
+    step is first order too."""
 
     direction: ClassVar[str] = "to_noise"
     inverse_class_name: ClassVar[str] = "UniPCMultistepScheduler"

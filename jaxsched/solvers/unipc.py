@@ -133,10 +133,10 @@ def unipc_terms(
     ``order`` in 1..3, the predictor order of the step, which the corrector of ``t`` reuses).
 
     Returns ``(a, predictor outputs (m0, m1, m2), corrector outputs (m_t, m0, m1, m2))``,
-    ``a`` the weight of the sample at ``s0``. A zero-length step is an exact no-op (``a = 1``,
-    every output weight 0), where diffusers divides 0 by 0. A step to sigma = 0 (``h = inf``,
-    first order) has its finite limit, ``x_t = x0`` prediction, where diffusers' ``bh1`` and
-    noise form meet ``0 * inf``; no corrector ever redoes it (it is the last step).
+    ``a`` the weight of the sample at ``s0``. A zero-length step is an exact no-op
+    (``a = 1``, every output weight 0), where diffusers divides 0 by 0. A step to sigma = 0
+    (``h = inf``, first order) has its finite limit, ``x_t = x0`` prediction, where diffusers'
+    ``bh1`` and noise form meet ``0 * inf``; no corrector ever redoes it (the last step).
     """
     (alpha_s, alpha_t), (sigma_s, sigma_t) = alphas, sigmas
     lambda_t, lambda_s0, lambda_s1, lambda_s2 = lambdas
@@ -207,6 +207,7 @@ class UniPCSolver(MultistepSolver):
 
     The corrector runs at every step but a run's first and those after a ``disable_corrector``
     index. With the corrector the declared order is ``solver_order + 1`` (UniPC, Theorem 3.1).
+    ``correct_first_step=False`` leaves a run's first step uncorrected (the inverse's choice).
     ``solver_p`` (a deterministic one-call-per-step scheduler) replaces the predictor: its own
     update, tables and history step from the corrected sample with the raw model output, as
     diffusers calls ``solver_p.step``.
@@ -216,6 +217,7 @@ class UniPCSolver(MultistepSolver):
     predict_x0: bool
     disable_corrector: tuple[int, ...] = ()
     solver_p: Any = None
+    correct_first_step: bool = True
 
     @property
     def order(self) -> int:
@@ -258,6 +260,8 @@ class UniPCSolver(MultistepSolver):
         steps = jnp.arange(n)
         disabled = jnp.isin(steps - 1, jnp.asarray(self.disable_corrector or (-1,), jnp.int32))
         corrects = (steps > begin_index) & ~disabled
+        if not self.correct_first_step:
+            corrects = corrects & (steps != begin_index + 1)
         # The corrector of step i redoes step i - 1 with m_i: step i - 1's weights, one row on.
         on = lambda w: jnp.where(corrects, _previous(w, 0.0), 0.0)  # noqa: E731
         corrector_weights = StepWeights(
