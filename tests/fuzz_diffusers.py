@@ -342,12 +342,17 @@ def draw_case(cls_name: str, seed: int, index: int) -> Case:
     if flow and rng.random() < 0.8:
         config["algorithm_type"] = _choice(rng, ["dpmsolver++", "sde-dpmsolver++"], [2, 1])
     noise_form = str(config.get("algorithm_type", "dpmsolver++")).endswith("dpmsolver")
+    # UniPC's noise form and bh1 are NaN at a final zero sigma in diffusers (documented).
+    if cls_name.startswith("UniPC"):
+        noise_form = config.get("predict_x0") is False or config.get("solver_type") == "bh1"
     if noise_form and "final_sigmas_type" in options and rng.random() < 0.85:
         config["final_sigmas_type"] = "sigma_min"
     stochastic_ddim = cls_name == "DDIMScheduler"
     eta = float(_choice(rng, [0.0, 0.5, 1.0, 1.5], [5, 2, 2, 0.5])) if stochastic_ddim else 0.0
     mu = None
-    if config.get("use_dynamic_shifting") and rng.random() < 0.5:
+    # UniPC requires mu with dynamic shifting (diffusers too); the others take it or not.
+    mu_rate = 0.9 if cls_name.startswith("UniPC") else 0.5
+    if config.get("use_dynamic_shifting") and rng.random() < mu_rate:
         mu = float(rng.uniform(-1.0, 2.0))
     channels = config.get("variance_type") is not None and rng.random() < 0.6
     epsilon = config.get("prediction_type", "epsilon") == "epsilon"

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxsched._checks import (
@@ -207,7 +208,7 @@ class _UniPCBase(MultistepScheduler):
             levels = np.concatenate([levels[-2::-1], levels[:1]])
             ts = ts[::-1]
         dtype = schedule.alphas_cumprod.dtype
-        return chained(np.asarray(ts, np.int32), flow_levels(np.asarray(levels, dtype)))
+        return chained(jnp.asarray(ts, jnp.int32), flow_levels(jnp.asarray(levels, dtype)))
 
     def build_grid(
         self, schedule: NoiseSchedule, num_inference_steps, *, timesteps, sigmas, mu
