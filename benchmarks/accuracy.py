@@ -56,7 +56,22 @@ def _solvers(end: str) -> list[tuple[str, str, dict]]:
         (f"DPM++ {k}M", "DPMSolverMultistepScheduler", {**trailing, **final, "solver_order": k})
         for k in (1, 2, 3)
     ]
-    if not data:  # the noise-form and DEIS solvers end at sigma_min
+    rows += [
+        (f"UniPC {k}", "UniPCMultistepScheduler", {**trailing, **final, "solver_order": k})
+        for k in (2, 3)
+    ]
+    if not data:
+        # Only to sigma_min: at a last step to sigma = 0 diffusers' UniPC returns NaN with bh1
+        # and inf without lower_order_final; the noise-form and DEIS solvers end at sigma_min.
+        unipc = {**trailing, **final, "solver_order": 2}
+        rows += [
+            ("UniPC 2 bh1", "UniPCMultistepScheduler", {**unipc, "solver_type": "bh1"}),
+            (
+                "UniPC 2, lower_order_final=False",
+                "UniPCMultistepScheduler",
+                {**unipc, "lower_order_final": False},
+            ),
+        ]
         rows += [
             (
                 f"DPM {k}M",
@@ -185,6 +200,7 @@ def _flow_solvers(shift: float) -> list[tuple[str, str, dict, int]]:
         ("Flow Heun", "FlowMatchHeunDiscreteScheduler", {"shift": shift}, 2),
         ("DPM++ 2M, flow sigmas", "DPMSolverMultistepScheduler", {**flow, "solver_order": 2}, 1),
         ("DEIS 2, flow sigmas", "DEISMultistepScheduler", {**flow, "solver_order": 2}, 1),
+        ("UniPC 2, flow sigmas", "UniPCMultistepScheduler", {**flow, "solver_order": 2}, 1),
     ]
 
 
@@ -232,9 +248,9 @@ def flow_error_table(shift: float, seed: int = 0) -> list[dict]:
 
     Each run is compared with the exact solution between its own grid's ends (DOP853 at
     1e-10): the flow-matching classes walk from s = 1 to 0; the flow sigmas of DPM-Solver
-    start at ``shift(1 - 1 / T)``, and DEIS stops at its last nonzero sigma, which diffusers
-    repeats as the final one. Each diffusers row also holds the largest ``|jaxsched -
-    diffusers|`` of the final samples at each budget.
+    and UniPC start at ``shift(1 - 1 / T)``, and DEIS stops at its last nonzero sigma, which
+    diffusers repeats as the final one. Each diffusers row also holds the largest ``|jaxsched
+    - diffusers|`` of the final samples at each budget.
     """
     with jax.enable_x64(True):
         mixture = random_mixture(jax.random.key(seed), num_components=8, dim=64)
@@ -276,9 +292,11 @@ CLEAN_NFES = (10, 15, 20, 25, 50, 100, 200)
 
 
 def _clean_solvers() -> list[tuple[str, object]]:
-    """``(label, scheduler)`` on grids uniform in the solver's own variable, every step moving:
-    log-SNR-uniform (``use_lu_lambdas``) for DPM-Solver, log-sigma-uniform exponential sigmas
-    without the repeated last sigma for DEIS; all end at sigma_min."""
+    """``(label, scheduler)`` on grids uniform in the solver's own variable: log-SNR-uniform
+    (``use_lu_lambdas``) for DPM-Solver, log-sigma-uniform exponential sigmas without the
+    repeated last sigma for DEIS, every step moving; all end at sigma_min. UniPC (bh2 unless
+    named) runs on exponential sigmas with diffusers' repeated last sigma: its last model call
+    only corrects the last moving step, so N calls make N - 1 corrected steps."""
     lu = {"use_lu_lambdas": True, "final_sigmas_type": "sigma_min"}
     rows = [
         (f"DPM++ {k}M", jaxsched.DPMSolverMultistepScheduler(**lu, solver_order=k))
@@ -302,6 +320,16 @@ def _clean_solvers() -> list[tuple[str, object]]:
         (f"DEIS {k}", jaxsched.DEISMultistepScheduler(**exponential, solver_order=k))
         for k in (1, 2, 3)
     ]
+    unipc = {"use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}
+    rows += [
+        (f"UniPC {k}", jaxsched.UniPCMultistepScheduler(**unipc, solver_order=k)) for k in (1, 2, 3)
+    ]
+    rows.append(
+        (
+            "UniPC 2 bh1",
+            jaxsched.UniPCMultistepScheduler(**unipc, solver_order=2, solver_type="bh1"),
+        )
+    )
     return rows
 
 
@@ -338,50 +366,101 @@ def clean_order_table(seed: int = 0) -> list[dict]:
     return rows
 
 
+#: Where the forward (regenerating) run of a multistep path ends; the inverse always starts
+#: at sigma_min.
+FORWARD_ENDS = ("sigma_min", "zero")
+
+#: (label, forward class, options, diffusers' inverse class or None where it has none)
 INVERSE_PATHS = (
     ("DDIM", "DDIMScheduler", {"clip_sample": False}, "DDIMInverseScheduler"),
-    (
-        "DPM++ 2M",
-        "DPMSolverMultistepScheduler",
-        {"final_sigmas_type": "sigma_min"},
-        "DPMSolverMultistepInverseScheduler",
+    *(
+        (
+            "DPM++ 2M",
+            "DPMSolverMultistepScheduler",
+            {"final_sigmas_type": end},
+            "DPMSolverMultistepInverseScheduler",
+        )
+        for end in FORWARD_ENDS
     ),
     ("DEIS 2", "DEISMultistepScheduler", {}, None),
+    *(
+        (
+            f"UniPC {k}",
+            "UniPCMultistepScheduler",
+            {"final_sigmas_type": end, "solver_order": k},
+            None,
+        )
+        for k in (1, 2, 3)
+        for end in FORWARD_ENDS
+    ),
 )
+ROUND_TRIP_STEPS = (10, 25, 50)
 
 
-def round_trip_table(schedule_name: str = "SD", seed: int = 0) -> list[dict]:
-    """Invert mixture samples, regenerate, RMS error at 10 / 25 / 50 steps (diffusers too where
-    it has the inverse)."""
+def diffusers_round_trip(
+    cls_name: str, inverse_name: str, options: dict, schedule: dict, model, x0: np.ndarray, n: int
+) -> np.ndarray:
+    """diffusers' ``n``-step inversion of ``x0`` with ``inverse_name``, then its ``n``-step
+    regeneration with ``cls_name``: the regenerated samples."""
     import diffusers
     import torch
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forward = getattr(diffusers, cls_name)(**schedule, **options)
+        inverse = getattr(diffusers, inverse_name).from_config(forward.config)
+    x = torch.from_numpy(x0.copy())
+    for direction in (inverse, forward):
+        direction.set_timesteps(n)
+        for t in direction.timesteps:
+            eps = np.array(model(jnp.asarray(x.numpy()), int(t)))
+            x = direction.step(torch.from_numpy(eps), t, x).prev_sample
+    return x.numpy()
+
+
+def exact_latent(mixture, x0: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """The exact inverse: the probability-flow ODE from ``x0`` at the inverse grid's first
+    level to its last (``sigmas`` ``(N + 1,)`` ascending, ``sigma / alpha``; a first sigma of 0,
+    the data, starts at lambda = 12), DOP853 at 1e-10 in float64."""
+    start = DATA_END_LAMBDA if sigmas[0] == 0 else -float(np.log(sigmas[0]))
+    with jax.enable_x64(True):
+        mixture64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), mixture)
+    return probability_flow(mixture64, x0, start, -float(np.log(sigmas[-1])), tol=1e-10)
+
+
+def round_trip_table(schedule_name: str = "SD", seed: int = 0) -> list[dict]:
+    """Invert mixture samples, regenerate: RMS error of the regenerated samples at 10 / 25 / 50
+    steps (``N`` model calls each way), jaxsched and diffusers where it has the inverse, with
+    the largest per-point RMS of jaxsched's; and the RMS error of jaxsched's latent against
+    the exact inverse ODE between the inverse grid's ends (:func:`exact_latent`)."""
     schedule = SCHEDULES[schedule_name]
     mixture = random_mixture(jax.random.key(seed), num_components=8, dim=64)
     x0 = np.asarray(mixture.sample(jax.random.key(seed + 2), NUM_POINTS))
     model = _model(mixture, _training_levels(schedule))
+    exact_between: dict[tuple[float, float], np.ndarray] = {}
     rows = []
     for label, cls_name, options, inverse_name in INVERSE_PATHS:
-        for n in (10, 25, 50):
+        for n in ROUND_TRIP_STEPS:
             sched = getattr(jaxsched, cls_name)(**schedule, **options)
             latent = jaxsched.invert(sched, model, jnp.asarray(x0), n)
             back = jaxsched.sample(sched, sched.init(n, x0.shape), model, latent)
+            sigmas = np.asarray(sched.inverse().grid(n).sigmas, np.float64)
+            ends = (float(sigmas[0]), float(sigmas[-1]))
+            if ends not in exact_between:
+                exact_between[ends] = exact_latent(mixture, x0, sigmas)
+            per_point = np.sqrt(np.mean((np.asarray(back, np.float64) - x0) ** 2, axis=1))
             row = {
                 "path": label,
+                "forward_end": sched.capabilities.final_sigma,
                 "steps": n,
-                "jaxsched": float(np.sqrt(np.mean((np.asarray(back) - x0) ** 2))),
+                "jaxsched": _rms(np.asarray(back), x0),
+                "jaxsched_worst_point": float(per_point.max()),
+                "latent_vs_exact": _rms(np.asarray(latent), exact_between[ends]),
             }
             if inverse_name is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fwd = getattr(diffusers, cls_name)(**schedule, **options)
-                    inv = getattr(diffusers, inverse_name).from_config(fwd.config)
-                x = torch.from_numpy(x0.copy())
-                for direction in (inv, fwd):
-                    direction.set_timesteps(n)
-                    for t in direction.timesteps:
-                        eps = np.array(model(jnp.asarray(x.numpy()), int(t)))
-                        x = direction.step(torch.from_numpy(eps), t, x).prev_sample
-                row["diffusers"] = float(np.sqrt(np.mean((x.numpy() - x0) ** 2)))
+                theirs = diffusers_round_trip(
+                    cls_name, inverse_name, options, schedule, model, x0, n
+                )
+                row["diffusers"] = _rms(theirs, x0)
             rows.append(row)
     return rows

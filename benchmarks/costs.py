@@ -73,7 +73,8 @@ def _memory_in_samples(compiled) -> dict:
 
 def memory_table() -> list[dict]:
     """XLA's memory analysis of each compiled 25-step loop, in samples of ``SHAPE`` (target: at
-    most ``order + 3`` samples; the model here allocates nothing of its own).
+    most ``order + 3`` samples, ``order`` the solver order, UniPC's predictor order; the model
+    here allocates nothing of its own).
 
     Two ways to call the loop:
     - ``state argument``: ``jit(sample)`` of a state built outside. The caller's state and ``x``
@@ -85,7 +86,8 @@ def memory_table() -> list[dict]:
     from benchmarks.speed import CASES
 
     rows = []
-    for label, sched, _, history in CASES:
+    for label, sched, _, floor in CASES:
+        order = getattr(sched, "solver_order", 1)
         x = jnp.zeros(SHAPE)
         passed = _memory_in_samples(_lowered(sched, 25).compile())
         inside = jax.jit(
@@ -96,14 +98,15 @@ def memory_table() -> list[dict]:
         rows.append(
             {
                 "scheduler": label,
-                "order": history + 1,
+                "order": order,
+                "history_buffers": floor.buffers,
                 "state_argument_inputs": passed["arguments"],
                 "state_argument_loop": passed["temporaries"] + passed["output"],
                 "init_in_jit_peak": donated["arguments"]
                 + donated["output"]
                 + donated["temporaries"]
                 - donated["aliased"],
-                "bound_samples": history + 1 + 3,
+                "bound_samples": order + 3,
             }
         )
     return rows

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -92,7 +93,7 @@ def accuracy_plot(rows: list[dict], path: Path, columns: int = 4) -> None:
         solvers = sorted(
             {r["solver"] for r in rows if (r["schedule"], r["end"]) == (schedule, end)}
         )
-        colours = dict(zip(solvers, plt.cm.tab10.colors, strict=False))
+        colours = dict(zip(solvers, plt.cm.tab20.colors, strict=False))
         for r in rows:
             if (r["schedule"], r["end"]) != (schedule, end):
                 continue
@@ -101,7 +102,7 @@ def accuracy_plot(rows: list[dict], path: Path, columns: int = 4) -> None:
             ax.loglog(r["nfe"], r["rms_error"], style, color=colours[r["solver"]], label=label)
         ax.set_title(f"{schedule},\nends at {end}", fontsize=8)
         ax.set_xlabel("NFE")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5, ncol=2 if len(solvers) > 8 else 1)
     for ax in axes[:, 0]:
         ax.set_ylabel("RMS error (solid: jaxsched, dashed: diffusers)")
     fig.tight_layout()
@@ -141,6 +142,17 @@ def _flow_accuracy_summary(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def uncached(table: Callable[..., list[dict]], *args) -> list[dict]:
+    """``table(*args)``, then JAX's caches of compiled programs cleared. Every accuracy run
+    compiles its own loop; kept, their memory maps pass the kernel's limit
+    (``vm.max_map_count``, 65530 here) within one ``benchmarks.run`` and LLVM fails with
+    "Cannot allocate memory"."""
+    try:
+        return table(*args)
+    finally:
+        jax.clear_caches()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=40, help="timing rounds per benchmark")
@@ -170,18 +182,20 @@ def main() -> None:
             row
             for name in SCHEDULES
             for end in ("data", "sigma_min")
-            for row in error_table(name, end)
+            for row in uncached(error_table, name, end)
         ]
         _print_rows(
             "accuracy: RMS error to the exact flow, fitted order (NFE >= 20)",
             _accuracy_summary(results["accuracy"]),
         )
-        results["clean_orders"] = clean_order_table()
+        results["clean_orders"] = uncached(clean_order_table)
         _print_rows(
             "convergence on log-SNR-uniform grids, exact levels, float64 (jaxsched)",
             _accuracy_summary(results["clean_orders"]),
         )
-        results["flow_accuracy"] = [row for shift in FLOW_SHIFTS for row in flow_error_table(shift)]
+        results["flow_accuracy"] = [
+            row for shift in FLOW_SHIFTS for row in uncached(flow_error_table, shift)
+        ]
         _print_rows(
             "flow matching: RMS error to the exact flow ODE per model-call budget, fitted order "
             "(NFE >= 15)",
@@ -191,7 +205,7 @@ def main() -> None:
             results["accuracy"] + results["clean_orders"] + results["flow_accuracy"],
             RESULTS / "accuracy.png",
         )
-        results["round_trip"] = round_trip_table()
+        results["round_trip"] = uncached(round_trip_table)
         _print_rows("inversion round trip (SD schedule): RMS error", results["round_trip"])
         results["exact_inversion"] = exact_inversion_table()
         _print_rows(

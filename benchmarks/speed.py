@@ -8,7 +8,10 @@ compare).
 
 The floor is a jitted scan doing the least a solver of that order must: per step it reads
 ``x`` and the ``order - 1`` history buffers, applies the model and one fused update with
-per-step scalar weights, and writes ``x`` and the history back. It runs with the scheduler's own
+per-step scalar weights, and writes ``x`` and the history back. A predictor-corrector (UniPC)
+also keeps its last corrected sample: its floor corrects that sample with the new model output
+and the ``order`` previous ones, then predicts the next ``x`` from the corrected sample (see
+:func:`predictor_corrector_floor_runner`). Each floor runs with the scheduler's own
 ``scan_unroll``, so the two loops have the same structure and differ only in the step. The
 flow-matching floor is the flow ODE step itself over the same sigma table: Euler's
 ``x += (s' - s) v``, or Heun's predictor and corrector.
@@ -20,6 +23,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,28 +43,64 @@ def model(x, t):
     return 0.1 * x
 
 
-#: (label, jaxsched scheduler, diffusers class name, history buffers the solver keeps)
+class Floor(NamedTuple):
+    """The floor loop of a case: ``outputs`` previous model outputs kept as history and, with
+    ``corrector``, the predictor-corrector's step that also keeps its last corrected sample."""
+
+    outputs: int
+    corrector: bool = False
+
+    @property
+    def buffers(self) -> int:
+        """Sample-sized history buffers carried from step to step."""
+        return self.outputs + self.corrector
+
+    def runner(self, unroll: int) -> Callable[[jax.Array], jax.Array]:
+        """The jitted floor loop, ``unroll`` steps per scan iteration."""
+        if self.corrector:
+            return predictor_corrector_floor_runner(self.outputs, unroll=unroll)
+        return floor_runner(self.outputs, unroll=unroll)
+
+
+#: (label, jaxsched scheduler, diffusers class name, floor)
 CASES = (
-    ("DPM++ 2M", jaxsched.DPMSolverMultistepScheduler(**SD), "DPMSolverMultistepScheduler", 1),
+    (
+        "DPM++ 2M",
+        jaxsched.DPMSolverMultistepScheduler(**SD),
+        "DPMSolverMultistepScheduler",
+        Floor(1),
+    ),
     (
         "DPM++ 3M",
         jaxsched.DPMSolverMultistepScheduler(**SD, solver_order=3),
         "DPMSolverMultistepScheduler",
-        2,
+        Floor(2),
     ),
-    ("DEIS 2", jaxsched.DEISMultistepScheduler(**SD), "DEISMultistepScheduler", 1),
-    ("DDIM", jaxsched.DDIMScheduler(**SD, clip_sample=False), "DDIMScheduler", 0),
+    ("DEIS 2", jaxsched.DEISMultistepScheduler(**SD), "DEISMultistepScheduler", Floor(1)),
+    (
+        "UniPC 2",
+        jaxsched.UniPCMultistepScheduler(**SD),
+        "UniPCMultistepScheduler",
+        Floor(2, corrector=True),
+    ),
+    (
+        "UniPC 3",
+        jaxsched.UniPCMultistepScheduler(**SD, solver_order=3),
+        "UniPCMultistepScheduler",
+        Floor(3, corrector=True),
+    ),
+    ("DDIM", jaxsched.DDIMScheduler(**SD, clip_sample=False), "DDIMScheduler", Floor(0)),
     (
         "DDIM inverse",
         jaxsched.DDIMInverseScheduler(**SD, clip_sample=False),
         "DDIMInverseScheduler",
-        0,
+        Floor(0),
     ),
     (
         "DPM++ inverse",
         jaxsched.DPMSolverMultistepInverseScheduler(**SD),
         "DPMSolverMultistepInverseScheduler",
-        1,
+        Floor(1),
     ),
 )
 
@@ -138,6 +178,43 @@ def floor_runner(
     return run
 
 
+def predictor_corrector_floor_runner(
+    outputs: int, steps: int = STEPS, unroll: int = 1
+) -> Callable[[jax.Array], jax.Array]:
+    """The minimal loop of a predictor-corrector with history (UniPC of order ``outputs``), as
+    a ``lax.scan`` over per-step scalar weights, ``unroll`` steps per iteration.
+
+    Per step it reads ``x``, the previous corrected sample ``c`` and the ``outputs`` previous
+    model outputs ``m_1..m_k``, applies the model (``m``), corrects ``c' = w x + w c + w m +
+    sum_j w m_j`` (the last step redone with the new output) and predicts ``x' = w c' + w m +
+    sum_{j < k} w m_j``, then writes ``x'``, ``c'`` and the history ``(m, m_1..m_{k-1})``.
+    """
+    corrector_weights, predictor_weights = outputs + 3, outputs + 1
+    weights = jnp.asarray(
+        np.random.default_rng(0).uniform(0.1, 0.3, (steps, corrector_weights + predictor_weights))
+    )
+
+    def body(carry, w):
+        x, corrected, past = carry
+        wc, wp = w[:corrector_weights], w[corrector_weights:]
+        m = model(x, None)
+        news = (m, *past)
+        corrected = wc[0] * x + wc[1] * corrected
+        for k, h in enumerate(news):
+            corrected = corrected + wc[k + 2] * h
+        x_next = wp[0] * corrected
+        for k, h in enumerate(news[:-1]):
+            x_next = x_next + wp[k + 1] * h
+        return (x_next, corrected, news[:-1]), None
+
+    @jax.jit
+    def run(x):
+        past = tuple(jnp.zeros_like(x) for _ in range(outputs))
+        return jax.lax.scan(body, (x, x, past), weights, unroll=unroll)[0][0]
+
+    return run
+
+
 def shifted_flow_sigmas(
     shift: float, steps: int = STEPS, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 ) -> np.ndarray:
@@ -209,8 +286,8 @@ def speed_table(rounds: int = 20) -> list[dict]:
     x = jax.random.normal(jax.random.key(0), SHAPE)
     x_torch = torch.from_numpy(np.array(x))
     cases = [
-        (label, sched, cls_name, floor_runner(history, unroll=sched.scan_unroll))
-        for label, sched, cls_name, history in CASES
+        (label, sched, cls_name, floor.runner(sched.scan_unroll))
+        for label, sched, cls_name, floor in CASES
     ]
     cases += [
         (
