@@ -376,7 +376,7 @@ def test_heun_whole_loop_with_traced_churn_matches_the_step_loop():
     assert not np.allclose(run(0.0), eager)  # the churn is traced, and it matters
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     shift=st.sampled_from([1.0, 1.7, 3.0, 6.0]),
     dynamic=st.sampled_from([None, "exponential", "linear"]),
@@ -411,7 +411,7 @@ def test_random_configurations_match_diffusers(
     assert steps == n
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     shift=st.sampled_from([1.0, 1.7, 3.0, 6.0]),
     train=st.sampled_from([1000, 250]),

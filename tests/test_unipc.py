@@ -356,7 +356,7 @@ def test_inverse_latents_converge_to_the_exact_inverse_flow():
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.16, errors
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     order=st.integers(1, 3),
     solver_type=st.sampled_from(["bh1", "bh2"]),
