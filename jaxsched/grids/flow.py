@@ -77,6 +77,17 @@ def _spaced(spacing: str | None, sigmas, n: int, xp):
     return make[spacing](lo, hi, n, xp)
 
 
+def _stretched(sigmas, terminal: float, xp):
+    """``sigmas`` stretched to end at ``terminal``; a concrete last sigma of 1 (one step, or
+    a grid ending at 1) is refused, since the stretch divides by ``1 - s_last``."""
+    if xp is np and sigmas[-1] == 1:
+        raise ValueError(
+            f"shift_terminal={terminal} stretches the grid by 1 - s_last, which is 0 here (one "
+            "step, or a last sigma of 1): diffusers returns NaN; use more steps"
+        )
+    return stretch_to_terminal(sigmas, terminal)
+
+
 def flow_match_sigmas(
     options: FlowGridOptions,
     schedule: FlowSchedule,
@@ -109,12 +120,7 @@ def flow_match_sigmas(
     else:  # diffusers shifts again the sigmas spaced between the shifted training ends
         s = shift_sigmas(s, float(schedule.shift) if xp is np else schedule.shift)
     if options.shift_terminal:
-        if xp is np and s[-1] == 1:
-            raise ValueError(
-                f"shift_terminal={options.shift_terminal} stretches the grid by 1 - s_last, which "
-                "is 0 here (one step, or a last sigma of 1): diffusers returns NaN; use more steps"
-            )
-        s = stretch_to_terminal(s, options.shift_terminal)
+        s = _stretched(s, options.shift_terminal, xp)
     s = _spaced(options.spacing, s, n, xp)
     s = s.astype(np.float32) if xp is np else jnp.asarray(s, jnp.float32)
     ts = s * np.float32(t_count) if given_t is None else given_t
@@ -191,12 +197,7 @@ def multistep_flow_sigmas(
         s = np.linspace(1.0, 1.0 / num_train_timesteps, num_inference_steps + 1)[:-1]
     s = time_shift(s, mu, time_shift_type) if mu is not None else shift_sigmas(s, shift)
     if shift_terminal:
-        if s[-1] == 1:
-            raise ValueError(
-                f"shift_terminal={shift_terminal} stretches the grid by 1 - s_last, which is 0 "
-                "here (a last sigma of 1): diffusers returns NaN"
-            )
-        s = stretch_to_terminal(s, shift_terminal)
+        s = _stretched(s, shift_terminal, np)
     s = np.array(s, np.float64)
     if abs(s[0] - 1.0) < FIRST_SIGMA_OFFSET:
         s[0] -= FIRST_SIGMA_OFFSET

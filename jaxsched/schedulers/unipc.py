@@ -22,12 +22,12 @@ from jaxsched.grids.levels import Grid, chained, flow_levels
 from jaxsched.grids.sigmas import karras_sigmas
 from jaxsched.grids.vp import SigmaGridOptions, training_sigmas
 from jaxsched.schedulers.base import Scheduler
+from jaxsched.schedulers.dpmsolver import FINAL_SIGMAS_TYPES
 from jaxsched.schedulers.multistep import MultistepScheduler
 from jaxsched.schedules import NoiseSchedule
 from jaxsched.solvers.multistep import OrderRules
 from jaxsched.solvers.unipc import SOLVER_ALIASES, SOLVER_TYPES, UniPCSolver
 
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 TIME_SHIFT_TYPES = ("exponential", "linear")
 
 
