@@ -138,6 +138,10 @@ DOCUMENTED_REJECTIONS = {
     "inf - inf: diffusers returns NaN",
     "cannot invert: an SDE step": "SDE inversion: diffusers' is NaN from the first step",
     "use_flow_sigmas cannot be combined": "diffusers silently uses one of the two spacings",
+    "which predict_x0=False does not use": "UniPC's thresholding in the noise form: diffusers "
+    "ignores it silently",
+    "needs predict_x0=True": "UniPC's flow prediction in the noise form: diffusers raises at the "
+    "first step",
     "(check steps_offset or custom timesteps)": "steps_offset pushes a timestep past T - 1: "
     "diffusers fails mid-run (IndexError)",
     "outside 0..": "the same for DDIM",
